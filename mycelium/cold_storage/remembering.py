@@ -1,0 +1,198 @@
+"""Remembering: restore a cold subgraph, fine-tune it if the data moved, and gate it before serving."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mycelium.cold_storage.bundle import LoadedBundle, read_bundle
+from mycelium.cold_storage.smote import oversample
+from mycelium.cold_storage.store import ColdStore
+from mycelium.config import Params
+from mycelium.drift.base import DriftStatus
+from mycelium.drift.feature_drift import FeatureDriftTest
+from mycelium.errors import ConfigError, IntegrityError, StorageError
+from mycelium.events import EventLog
+from mycelium.experts.training import fit
+from mycelium.subgraph import Subgraph
+from mycelium.validation.expectations import validate_frame
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+LABEL = "label"
+
+
+@dataclass
+class RememberResult:
+    """Outcome of one Remembering: the gate's numbers and, when it passed, the subgraph to serve."""
+
+    domain: str
+    passed: bool
+    reason: str
+    bundle_version: str | None = None
+    restore_seconds: float | None = None
+    finetuned: bool = False
+    finetune_note: str = ""
+    recorded_accuracy: float | None = None
+    restored_accuracy: float | None = None
+    gate_accuracy: float | None = None
+    expectations_passed: bool | None = None
+    skipped_versions: list[str] = field(default_factory=list)
+    subgraph: Subgraph | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Return the result without the subgraph, for events and artifacts."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("subgraph", "domain")}
+
+
+def _accuracy(subgraph: Subgraph, frame: pd.DataFrame) -> float:
+    # A buffer mixes the regimes of every chain depth, so each row picks its own depth.
+    return float((subgraph.predict(frame, per_row=True).labels == frame[LABEL].to_numpy()).mean())
+
+
+def _load_newest_intact(
+    store: ColdStore, domain: str, versions: Sequence[str], events: EventLog | None, step: int
+) -> tuple[str, LoadedBundle, list[str]]:
+    """Check out and verify versions newest first; return the first intact one."""
+    skipped = []
+    for version in versions:
+        try:
+            return version, read_bundle(store.checkout(domain, version)), skipped
+        except (IntegrityError, StorageError) as exc:
+            skipped.append(version)
+            logger.warning("Bundle %s %s is unusable, trying an older version: %s", domain, version, exc)
+            if events:
+                events.emit("bundle_rejected", step=step, domain=domain, version=version, error=str(exc))
+    raise StorageError(
+        f"No intact bundle of {domain!r} among versions {list(versions)}; "
+        "check the DVC remote with `dvc status -c` in the cold store."
+    )
+
+
+def _inputs_moved(buffer: pd.DataFrame, recent: pd.DataFrame, params: Params, columns: list[str]) -> tuple[bool, str]:
+    """Return whether ``recent`` differs from the buffer's distribution, and why."""
+    window = len(recent)
+    if window < params.drift.min_window:
+        return False, f"{window} recent rows are too few to compare (min_window={params.drift.min_window})"
+    try:
+        test = FeatureDriftTest(
+            buffer[columns].to_numpy(dtype=float),
+            feature_names=columns,
+            min_window=params.drift.min_window,
+            alpha=params.drift.alpha,
+            window_size=window,
+            quantile=params.drift.quantile,
+            margin=params.drift.margin,
+            seed=params.seed,
+        )
+    except ConfigError as exc:
+        return False, f"buffer too small to compare against: {exc}"
+    result = test.test(recent[columns].to_numpy(dtype=float))
+    moved = result.status is DriftStatus.DRIFT
+    return moved, f"recent inputs vs buffer: {result.status.value} (score {result.score}, threshold {result.threshold})"
+
+
+def _finetune(subgraph: Subgraph, rows: pd.DataFrame, loaded: LoadedBundle, params: Params) -> tuple[Subgraph | None, str]:
+    """Fine-tune a copy at a low learning rate on buffer rows plus SMOTE rows.
+
+    Only the newest patch trains when the domain has patches, else the expert; the original
+    stays untouched so the gate can compare the two.
+    """
+    columns = list(subgraph.schema.columns)
+    oversampled = oversample(rows[columns].to_numpy(dtype=float), rows[LABEL].to_numpy(), loaded.smote,
+                             seed=params.seed)
+    if oversampled.skipped_reason:
+        return None, oversampled.skipped_reason
+    candidate = copy.deepcopy(subgraph)
+    trainable = candidate.patches[-1] if candidate.patches else candidate.expert
+    for parameter in trainable.parameters():
+        parameter.requires_grad_(True)
+    x = candidate.schema.transform(oversampled.X)
+    y = torch.as_tensor(oversampled.y, dtype=torch.long)
+    settings = params.remembering
+    fit(candidate.module, x, y, epochs=settings.finetune_steps, lr=settings.finetune_lr, batch_size=len(x),
+        seed=params.seed, parameters=trainable.parameters())
+    for parameter in candidate.expert.parameters():
+        parameter.requires_grad_(False)
+    return candidate, f"fine-tuned {settings.finetune_steps} steps on {len(x)} rows ({len(x) - len(rows)} from SMOTE)"
+
+
+def restore_and_gate(
+    store: ColdStore,
+    domain: str,
+    versions: Sequence[str],
+    recent: pd.DataFrame | None,
+    params: Params,
+    *,
+    events: EventLog | None = None,
+    step: int = 0,
+) -> RememberResult:
+    """Restore the newest intact bundle of ``domain`` and run the validation gate.
+
+    The gate passes when the recent inputs meet the bundle's data expectations, the accuracy
+    on the held-out buffer rows is at most ``remembering.gate_tolerance`` below the accuracy
+    recorded before the domain was frozen, and a fine-tune did not lower it further.
+    """
+    started = time.perf_counter()
+    try:
+        version, loaded, skipped = _load_newest_intact(store, domain, versions, events, step)
+    except StorageError as exc:
+        return RememberResult(domain, False, str(exc))
+    restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict)
+    restore_seconds = time.perf_counter() - started
+    result = RememberResult(domain, False, "", version, restore_seconds, skipped_versions=skipped)
+
+    buffer = loaded.buffer
+    holdout_rows = loaded.metadata["holdout_rows"]
+    holdout = buffer.iloc[holdout_rows]
+    tune = buffer.drop(index=buffer.index[holdout_rows])
+    result.recorded_accuracy = float(loaded.metadata["metrics"]["buffer_holdout_accuracy_fp32"])
+    result.restored_accuracy = _accuracy(restored, holdout)
+
+    candidate = restored
+    columns = list(restored.schema.columns)
+    if recent is not None:
+        report = validate_frame(recent, loaded.expectations, name=f"{domain}:recent")
+        result.expectations_passed = report.success
+        moved, why = _inputs_moved(tune, recent, params, columns)
+        result.finetune_note = why
+        if moved:
+            tuned, note = _finetune(restored, tune, loaded, params)
+            result.finetune_note = f"{why}; {note}"
+            if tuned is not None:
+                candidate, result.finetuned = tuned, True
+    else:
+        result.finetune_note = "no recent inputs given; fine-tune skipped"
+
+    result.gate_accuracy = _accuracy(candidate, holdout)
+    tolerance = params.remembering.gate_tolerance
+    failures = []
+    if result.expectations_passed is False:
+        failures.append("recent inputs break the data expectations")
+    if result.gate_accuracy < result.recorded_accuracy - tolerance:
+        failures.append(
+            f"held-out buffer accuracy {result.gate_accuracy:.3f} is more than {tolerance:.3f} below "
+            f"the recorded {result.recorded_accuracy:.3f}"
+        )
+    if result.finetuned and result.gate_accuracy < result.restored_accuracy - tolerance:
+        failures.append(
+            f"fine-tuning lowered held-out accuracy from {result.restored_accuracy:.3f} to {result.gate_accuracy:.3f}"
+        )
+    result.passed = not failures
+    result.reason = "; ".join(failures) if failures else (
+        f"accuracy {result.gate_accuracy:.3f} vs recorded {result.recorded_accuracy:.3f} (tolerance {tolerance})"
+    )
+    result.subgraph = candidate if result.passed else None
+    if not np.isfinite(result.gate_accuracy):
+        result.passed, result.subgraph = False, None
+    return result

@@ -1,0 +1,37 @@
+"""Exception types of Mycelium. Every message names the offending value and the fix."""
+
+
+class MyceliumError(Exception):
+    """Base class of every error that Mycelium raises on purpose."""
+
+
+class ConfigError(MyceliumError, ValueError):
+    """A setting in params.yaml or a constructor argument is invalid."""
+
+
+class DataValidationError(MyceliumError, ValueError):
+    """A batch failed its data expectations. The batch was quarantined, not dropped."""
+
+    def __init__(self, message: str, quarantine_path: str | None = None):
+        super().__init__(message)
+        self.quarantine_path = quarantine_path
+
+
+class EmptyDataError(DataValidationError):
+    """A batch or window has no rows. Empty data is never a pass."""
+
+
+class RoutingError(MyceliumError, LookupError):
+    """No domain could be chosen for an input, or a tag is unknown."""
+
+
+class IllegalTransitionError(MyceliumError):
+    """A lifecycle transition that the state machine does not allow."""
+
+
+class IntegrityError(MyceliumError):
+    """A stored file is missing, truncated or does not match its recorded sha256."""
+
+
+class StorageError(MyceliumError):
+    """A cold-storage or DVC operation failed."""

@@ -1,0 +1,109 @@
+"""Train a patch on new data beside a frozen expert, and prove the expert did not change."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mycelium.config import Patch
+from mycelium.drift.ood import MahalanobisOOD
+from mycelium.errors import EmptyDataError, IntegrityError
+from mycelium.experts.training import accuracy, fit, predict_logits
+from mycelium.hashing import sha256_state_dict
+from mycelium.patches.chain import PatchedExpert
+from mycelium.patches.lowrank import LowRankPatch
+from mycelium.subgraph import Subgraph
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatchReport:
+    """Record of one patch training: sample counts, accuracies, time and the expert hashes."""
+
+    domain: str
+    depth: int
+    train_samples: int
+    holdout_samples: int
+    accuracy_before: float
+    accuracy_after: float
+    seconds: float
+    parameters_added: int
+    expert_sha256_before: str
+    expert_sha256_after: str
+
+
+def train_patch(
+    subgraph: Subgraph,
+    frame: pd.DataFrame,
+    settings: Patch,
+    *,
+    target_fpr: float,
+    seed: int,
+    min_tail_samples: int = 10,
+    holdout_fraction: float = 0.2,
+) -> tuple[Subgraph, PatchReport]:
+    """Return ``subgraph`` extended by a new low-rank patch trained only on ``frame``.
+
+    The expert stays frozen: its sha256 is taken before and after, and a difference raises
+    IntegrityError. The new depth gets an OOD reference fitted on ``frame``, so it serves the
+    data it was trained on and the lower depths keep serving theirs.
+    """
+    if len(frame) < 10:
+        raise EmptyDataError(
+            f"Patch training for {subgraph.domain!r} got {len(frame)} rows; collect at least 10 labelled rows."
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    n_holdout = max(1, int(round(holdout_fraction * len(frame))))
+    holdout, train = frame.iloc[order[:n_holdout]], frame.iloc[order[n_holdout:]]
+    x_train, x_holdout = subgraph.inputs(train), subgraph.inputs(holdout)
+    y_train = torch.as_tensor(train["label"].to_numpy(), dtype=torch.long)
+    y_holdout = torch.as_tensor(holdout["label"].to_numpy(), dtype=torch.long)
+
+    before = sha256_state_dict(subgraph.expert.state_dict())
+    patch = LowRankPatch(subgraph.expert, rank=settings.rank, alpha=settings.alpha, seed=seed)
+    chain = PatchedExpert(subgraph.expert, [*subgraph.patches, patch])
+    accuracy_before = accuracy(predict_logits(chain, x_holdout, batch_size=4096).argmax(1), y_holdout)
+    result = fit(
+        chain, x_train, y_train, epochs=settings.epochs, lr=settings.lr, seed=seed, parameters=patch.parameters()
+    )
+    accuracy_after = accuracy(predict_logits(chain, x_holdout).argmax(1), y_holdout)
+    after = sha256_state_dict(subgraph.expert.state_dict())
+    if before != after:
+        raise IntegrityError(
+            f"Expert of {subgraph.domain!r} changed during patch training (sha256 {before} -> {after}); "
+            "its parameters must have requires_grad=False."
+        )
+
+    reference = MahalanobisOOD(min_tail_samples=min_tail_samples).fit(
+        subgraph.base_features(x_train), subgraph.base_features(x_holdout), target_fpr=target_fpr
+    )
+    patched = Subgraph(
+        subgraph.domain,
+        subgraph.schema,
+        subgraph.expert,
+        [*subgraph.patches, patch],
+        [*subgraph.references, reference],
+        dict(subgraph.info),
+    )
+    report = PatchReport(
+        subgraph.domain,
+        patched.depth,
+        len(train),
+        len(holdout),
+        accuracy_before,
+        accuracy_after,
+        result.seconds,
+        sum(p.numel() for p in patch.parameters()),
+        before,
+        after,
+    )
+    logger.info(
+        "Patch %d for %s: holdout accuracy %.3f -> %.3f", report.depth, report.domain, accuracy_before, accuracy_after
+    )
+    return patched, report

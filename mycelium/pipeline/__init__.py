@@ -1,0 +1,1 @@
+"""The pipeline stages that `dvc repro` and the Prefect flows run: prepare, train, stream, evaluate."""

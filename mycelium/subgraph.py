@@ -1,0 +1,212 @@
+"""A domain's servable unit: input schema, frozen expert, ordered patches and their references.
+
+Each depth of the chain (0 = the bare expert, k = expert + patches 1..k) has a reference: a
+Mahalanobis model of the expert's features on the data that depth was trained on. Per input,
+the depth whose reference is nearest (relative to its calibrated threshold) serves it, so a
+patch serves only the data it was trained for and the expert keeps serving the old data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from mycelium.drift.ood import MahalanobisOOD
+from mycelium.errors import IntegrityError, RoutingError
+from mycelium.experts import Expert, InputSchema, build_expert
+from mycelium.experts.training import predict_logits
+from mycelium.hashing import sha256_file
+from mycelium.patches.chain import PatchedExpert
+from mycelium.patches.lowrank import LowRankPatch
+
+WEIGHTS_FILE = "weights.safetensors"
+DESCRIPTION_FILE = "subgraph.json"
+
+
+@dataclass
+class Prediction:
+    """Predicted classes, the chain depth that served each row, and each row's OOD ratio."""
+
+    labels: np.ndarray
+    depth: np.ndarray
+    ood_ratio: np.ndarray
+
+
+@dataclass
+class Subgraph:
+    """An expert with its ordered patches and one OOD reference per chain depth."""
+
+    domain: str
+    schema: InputSchema
+    expert: Expert
+    patches: list[LowRankPatch] = field(default_factory=list)
+    references: list[MahalanobisOOD] = field(default_factory=list)
+    # Training facts kept with the weights: expectations, accuracy, sample counts.
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.module = PatchedExpert(self.expert, self.patches)
+
+    @property
+    def depth(self) -> int:
+        return len(self.patches)
+
+    def n_parameters(self) -> int:
+        return sum(t.numel() for t in self.state_dict().values())
+
+    def fp32_bytes(self) -> int:
+        return 4 * self.n_parameters()
+
+    def inputs(self, frame: pd.DataFrame) -> torch.Tensor:
+        """Return the normalised input tensor of ``frame``'s schema columns."""
+        missing = [c for c in self.schema.columns if c not in frame.columns]
+        if missing:
+            raise RoutingError(
+                f"Domain {self.domain!r} needs columns {missing} that the batch lacks; "
+                "send the batch to the domain whose schema it has."
+            )
+        return self.schema.transform(frame[list(self.schema.columns)].to_numpy())
+
+    @torch.no_grad()
+    def base_features(self, x: torch.Tensor) -> np.ndarray:
+        self.module.eval()
+        return self.expert.features(x).numpy().astype(np.float64)
+
+    def ood_ratios(self, x: torch.Tensor) -> np.ndarray:
+        """Return, per row and depth, the OOD score divided by that depth's threshold."""
+        features = self.base_features(x)
+        return np.stack([ref.score(features) / ref.threshold for ref in self.references], axis=1)
+
+    @torch.no_grad()
+    def predict(self, frame: pd.DataFrame, *, per_row: bool = False) -> Prediction:
+        """Predict ``frame`` with the chain depth whose reference is nearest.
+
+        By default one depth serves the whole batch: the depth with the lowest median OOD ratio.
+        Rows of one batch come from one source, and the median over a batch separates an old
+        regime from a new one far better than single rows do, where a row misrouted to a patch
+        costs accuracy on old data. ``per_row=True`` chooses a depth for every row instead.
+        """
+        x = self.inputs(frame)
+        ratios = self.ood_ratios(x)
+        if per_row:
+            depth = ratios.argmin(axis=1)
+        else:
+            depth = np.full(len(frame), int(np.median(ratios, axis=0).argmin()))
+        labels = np.empty(len(frame), dtype=np.int64)
+        for level in np.unique(depth):
+            rows = np.flatnonzero(depth == level)
+            logits = predict_logits(_AtDepth(self.module, int(level)), x[rows])
+            labels[rows] = logits.argmax(dim=1).numpy()
+        return Prediction(labels, depth, ratios[np.arange(len(frame)), depth])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return every weight, prefixed ``expert.`` or ``patches.<i>.``, detached and contiguous."""
+        tensors = {f"expert.{k}": v for k, v in self.expert.state_dict().items()}
+        for index, patch in enumerate(self.patches):
+            tensors.update({f"patches.{index}.{k}": v for k, v in patch.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Return the JSON description needed to rebuild this subgraph from its weights."""
+        return {
+            "domain": self.domain,
+            "architecture": self.expert.architecture,
+            "config": self.expert.config,
+            "schema": self.schema.to_dict(),
+            "patches": [patch.describe() for patch in self.patches],
+            "references": [reference_to_json(ref) for ref in self.references],
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_parts(cls, description: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "Subgraph":
+        """Rebuild a subgraph from ``describe()`` output and ``state_dict()`` tensors."""
+        expert = build_expert(description["architecture"], description["config"])
+        expert.load_state_dict(_strip(tensors, "expert."))
+        patches = []
+        for index, settings in enumerate(description["patches"]):
+            patch = LowRankPatch(expert, rank=settings["rank"], alpha=settings["alpha"])
+            patch.load_state_dict(_strip(tensors, f"patches.{index}."))
+            patches.append(patch)
+        expert.eval()
+        return cls(
+            domain=description["domain"],
+            schema=InputSchema.from_dict(description["schema"]),
+            expert=expert,
+            patches=patches,
+            references=[reference_from_json(r) for r in description["references"]],
+            info=dict(description.get("info", {})),
+        )
+
+
+class _AtDepth(torch.nn.Module):
+    def __init__(self, module: PatchedExpert, depth: int):
+        super().__init__()
+        self.module = module
+        self.depth = depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x, depth=self.depth)
+
+
+def reference_to_json(reference: MahalanobisOOD) -> dict[str, Any]:
+    """Return a fitted OOD reference as plain JSON (mean, precision matrix and calibration)."""
+    tensors = reference.to_tensors()
+    return {
+        "metadata": reference.metadata(),
+        "mean": tensors["mean"].tolist(),
+        "precision": tensors["precision"].tolist(),
+    }
+
+
+def reference_from_json(data: dict[str, Any]) -> MahalanobisOOD:
+    tensors = {name: torch.tensor(data[name], dtype=torch.float64) for name in ("mean", "precision")}
+    return MahalanobisOOD.from_tensors(tensors, data["metadata"])
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def save_subgraph(subgraph: Subgraph, folder: Path) -> Path:
+    """Write the hot copy of ``subgraph`` to ``folder`` atomically, with the weights' sha256."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    save_file(subgraph.state_dict(), str(staging / WEIGHTS_FILE))
+    description = subgraph.describe()
+    description["weights_sha256"] = sha256_file(staging / WEIGHTS_FILE)
+    (staging / DESCRIPTION_FILE).write_text(json.dumps(description))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return folder
+
+
+def load_subgraph(folder: Path) -> Subgraph:
+    """Load a hot copy written by save_subgraph, checking the weights' sha256 first."""
+    folder = Path(folder)
+    description_path, weights_path = folder / DESCRIPTION_FILE, folder / WEIGHTS_FILE
+    if not description_path.exists() or not weights_path.exists():
+        raise IntegrityError(
+            f"Hot copy in {folder} is incomplete ({DESCRIPTION_FILE} or {WEIGHTS_FILE} missing); "
+            "restore the domain from cold storage with `mycelium remember`."
+        )
+    description = json.loads(description_path.read_text())
+    actual = sha256_file(weights_path)
+    if actual != description.get("weights_sha256"):
+        raise IntegrityError(
+            f"{weights_path} has sha256 {actual}, expected {description.get('weights_sha256')}; "
+            "the file was changed or truncated. Restore the domain from cold storage."
+        )
+    return Subgraph.from_parts(description, load_file(str(weights_path)))
