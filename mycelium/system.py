@@ -151,6 +151,7 @@ class Mycelium:
         if tag is not None:
             domain, evidence = self.controller.resolve(tag).name, {"tag": tag}
         else:
+            self._require_finite(batch, name)
             domain, evidence = self.infer_domain(batch)
             if domain is None:
                 return self._queue_unknown(batch, evidence, name)
@@ -195,6 +196,28 @@ class Mycelium:
                          depth_counts=depth_counts, routing=evidence, decision=decision.to_dict())
         return BatchResult(self.step, domain, record.version, record.state, len(batch), accuracy,
                            depth_counts, decision.to_dict(), actions)
+
+    def _require_finite(self, batch: pd.DataFrame, name: str) -> None:
+        """Quarantine an untagged batch whose features are not all finite numbers.
+
+        Untagged batches have no domain expectations yet, but the OOD scores need finite numbers.
+        """
+        features = batch.drop(columns=[LABEL], errors="ignore")
+        problems = [f"column {c!r} is {features[c].dtype}, not numeric"
+                    for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+        numeric = features.select_dtypes("number")
+        counts = (~np.isfinite(numeric.to_numpy(dtype=float))).sum(axis=0)
+        problems += [f"column {c!r} has {int(n)} NaN or infinite values" for c, n in zip(numeric.columns, counts) if n]
+        if not problems:
+            return
+        reason = "; ".join(problems)
+        path = quarantine_batch(batch, name=name, reason=reason, quarantine_dir=self.params.paths.quarantine)
+        self.events.emit("batch_quarantined", step=self.step, domain=None, batch=name, path=path, reason=reason)
+        raise DataValidationError(
+            f"Untagged batch {name!r} cannot be routed: {reason}. It was quarantined in {path}; "
+            "fix or drop those values and send it again.",
+            quarantine_path=str(path),
+        )
 
     def infer_domain(self, batch: pd.DataFrame) -> tuple[str | None, dict[str, Any]]:
         """Pick the hot domain whose schema matches and whose OOD check accepts most rows.

@@ -41,7 +41,13 @@ class SmallCNNExpert(Expert):
         self.output = nn.Linear(hidden, int(config["n_classes"]))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense(self.conv(x.reshape(-1, *self.image_shape)))
+        expected = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        if x.ndim != 2 or x.shape[1] != expected:
+            raise ValueError(
+                f"cnn expert expects rows of {expected} pixels for image_shape {self.image_shape}, "
+                f"got input of shape {tuple(x.shape)}; pass one flat image per row."
+            )
+        return self.dense(self.conv(x.reshape(x.shape[0], *self.image_shape)))
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)

@@ -86,7 +86,7 @@ def plot_accuracy(params: Params, accuracy: pd.DataFrame, events: list[dict[str,
     folder = params.paths.plots
     folder.mkdir(parents=True, exist_ok=True)
     accuracy.to_csv(folder / "accuracy.csv", index=False)
-    figure, axes = plt.subplots(figsize=(11, 5))
+    figure, axes = plt.subplots(figsize=(13, 5))
     for domain, rows in accuracy.groupby("domain"):
         axes.plot(rows["step"], rows["accuracy"], marker=".", label=domain)
     for event in events:
@@ -97,7 +97,7 @@ def plot_accuracy(params: Params, accuracy: pd.DataFrame, events: list[dict[str,
     axes.set_xlabel("batch (stream step)")
     axes.set_ylabel("batch accuracy")
     axes.set_ylim(0, 1.02)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     axes.set_title("Accuracy along the stream, with patches, new experts, sweeps and restores marked")
     figure.tight_layout()
     figure.savefig(folder / "accuracy.png", dpi=110)

@@ -215,6 +215,13 @@ class MetaController:
             current = table.domains[name]
             if "state" in changes:
                 changes["state"] = check_transition(name, current.state, changes["state"]).value
+            if "tags" in changes:
+                changes["tags"] = [normalize_tag(t) for t in changes["tags"]]
+                taken = {t: table.tags[t] for t in changes["tags"] if table.tags.get(t, name) != name}
+                if taken:
+                    raise RoutingError(
+                        f"Tags {taken} already belong to other domains; choose other tags for {name!r}."
+                    )
             return replace(current, **changes)
 
         return self._commit(name, change, reason)

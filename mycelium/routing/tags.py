@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from mycelium.errors import RoutingError
 
@@ -27,5 +28,8 @@ def tag_ancestors(tag: str) -> list[str]:
 
 
 def safe_name(tag: str) -> str:
-    """Return a folder name for ``tag`` (``vision/digits`` -> ``vision__digits``)."""
-    return normalize_tag(tag).replace("/", "__")
+    """Return a folder name for ``tag`` (``vision/digits`` -> ``vision%2Fdigits``).
+
+    Percent-encoding is one-to-one, so two tags never share a folder.
+    """
+    return quote(normalize_tag(tag), safe="")

@@ -1,0 +1,232 @@
+"""The Mycelium runtime driven by a simulated clock, with real data, a real DVC store and real GX checks."""
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mycelium.config import Paths, Params, load_params
+from mycelium.data.sources import load_penguins
+from mycelium.errors import DataValidationError, EmptyDataError, RoutingError
+from mycelium.events import read_events
+from mycelium.routing.lifecycle import State
+from mycelium.routing.tags import safe_name
+from mycelium.subgraph import Subgraph, load_subgraph
+from mycelium.system import Mycelium
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = "vision/digits"
+BATCH_ROWS = 85
+START = 1000.0
+
+
+class SimulatedClock:
+    """A clock that moves only when a test sets ``now``."""
+
+    def __init__(self, start: float):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def dvc_site_cache(tmp_path, monkeypatch):
+    # DVC keeps per-repository state under /var/tmp/dvc by default. Tests keep it in tmp_path.
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+
+
+@pytest.fixture
+def params(tmp_path) -> Params:
+    """The project's params.yaml with every path moved into tmp_path."""
+    project = load_params(PROJECT_ROOT / "params.yaml")
+    paths = Paths(**{name: tmp_path / name for name in Paths.model_fields})
+    return project.model_copy(update={"paths": paths})
+
+
+@pytest.fixture
+def clock() -> SimulatedClock:
+    return SimulatedClock(START)
+
+
+@pytest.fixture
+def system(params, clock, digits_cnn, uci_digits) -> Mycelium:
+    """A deployment with the small digits CNN registered as ``vision/digits``."""
+    mycelium = Mycelium(params, clock=clock)
+    mycelium.register(
+        copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI digits"
+    )
+    return mycelium
+
+
+def test_register_makes_domain_hot(system, params):
+    record = system.controller.domain(DOMAIN)
+
+    assert record.state == State.HOT.value
+    assert record.version == 1
+    assert record.architecture == "cnn"
+    assert len(record.columns) == 64
+    assert load_subgraph(params.paths.run / record.model_dir).depth == 0
+    assert [event["event"] for event in system.events.events] == ["domain_registered"]
+
+
+def test_tagged_batch_reports_accuracy_and_locality(system, clock, digits_cnn, uci_digits):
+    batch = uci_digits.test.iloc[:BATCH_ROWS]
+    clock.now = START + 600
+
+    result = system.ingest(batch, tag="vision/digits/uci")
+
+    expected = float((digits_cnn.predict(batch).labels == batch["label"].to_numpy()).mean())
+    assert result.domain == DOMAIN
+    assert result.state == State.HOT.value
+    assert result.rows == BATCH_ROWS
+    assert result.accuracy == expected
+    assert result.accuracy > 0.85
+    assert result.depth_counts == {0: BATCH_ROWS}
+    locality = system.controller.reload().domains[DOMAIN].locality
+    assert (locality.last_used, locality.uses, locality.activity) == (START + 600, BATCH_ROWS, BATCH_ROWS)
+    routed = system.events.of_kind("batch_routed")[-1]
+    assert routed["routing"] == {"tag": "vision/digits/uci"}
+    assert routed["accuracy"] == expected
+
+
+def test_untagged_batch_routes_by_ood(system, uci_digits):
+    batch = uci_digits.test.iloc[BATCH_ROWS : 2 * BATCH_ROWS]
+
+    result = system.ingest(batch)
+
+    assert result.domain == DOMAIN
+    assert result.accuracy > 0.85
+    routing = system.events.of_kind("batch_routed")[-1]["routing"]
+    assert routing["tag"] is None
+    assert routing["accepted_fraction"][DOMAIN] >= 0.5
+
+
+def test_unknown_schema_goes_to_new_domain_queue(system, params):
+    batch = load_penguins().dropna().iloc[:40]
+
+    result = system.ingest(batch, name="penguins-1")
+
+    assert result.domain is None
+    assert result.actions == ["queued"]
+    queued = sorted((params.paths.run / "new_domain_queue").rglob("*.parquet"))
+    assert [path.name for path in queued] == ["penguins-1.parquet"]
+    pd.testing.assert_frame_equal(pd.read_parquet(queued[0]), batch.reset_index(drop=True))
+    event = system.events.of_kind("new_domain_queued")[-1]
+    assert (event["rows"], event["queued"]) == (40, 40)
+    assert "no hot domain has this schema" in event["routing"]["reason"]
+    assert list(system.controller.table.domains) == [DOMAIN]
+
+
+@pytest.mark.parametrize("pixel", [0.0, 16.0])
+def test_same_schema_far_from_domain_goes_to_queue(system, params, uci_digits, pixel):
+    # A blank or saturated image has the digits' columns but is no digit.
+    images = uci_digits.test.iloc[:BATCH_ROWS].copy()
+    images[[column for column in images.columns if column != "label"]] = pixel
+
+    result = system.ingest(images, name="blank-1")
+
+    assert result.domain is None
+    assert result.actions == ["queued"]
+    assert len(list((params.paths.run / "new_domain_queue").rglob("blank-1.parquet"))) == 1
+    routing = system.events.of_kind("new_domain_queued")[-1]["routing"]
+    assert routing["accepted_fraction"][DOMAIN] < 0.5
+    assert system.events.of_kind("batch_routed") == []
+
+
+@pytest.mark.parametrize("tag", [DOMAIN, None])
+def test_empty_batch_raises(system, params, uci_digits, tag):
+    empty = uci_digits.test.iloc[:0]
+
+    with pytest.raises(EmptyDataError, match="has no rows"):
+        system.ingest(empty, tag=tag)
+
+    assert system.events.of_kind("batch_routed") == []
+    assert not params.paths.quarantine.exists()
+
+
+@pytest.mark.parametrize(("column", "value"), [("px_05", math.nan), ("px_20", 99.0), ("px_20", -1.0)])
+def test_bad_batch_is_quarantined(system, uci_digits, column, value):
+    batch = uci_digits.test.iloc[:BATCH_ROWS].copy()
+    batch.iloc[3, batch.columns.get_loc(column)] = value
+
+    with pytest.raises(DataValidationError) as raised:
+        system.ingest(batch, tag=DOMAIN)
+
+    assert f"'{column}'" in str(raised.value)
+    quarantined = pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")
+    pd.testing.assert_frame_equal(quarantined, batch)
+    assert system.events.of_kind("batch_quarantined")[-1]["path"] == raised.value.quarantine_path
+    assert system.controller.reload().domains[DOMAIN].locality.uses == 0
+
+
+def test_untagged_nan_batch_is_quarantined(system, uci_digits):
+    batch = uci_digits.test.iloc[:BATCH_ROWS].copy()
+    batch.iloc[3, batch.columns.get_loc("px_05")] = math.nan
+
+    with pytest.raises(DataValidationError) as raised:
+        system.ingest(batch)
+
+    assert len(pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")) == BATCH_ROWS
+
+
+def test_sweep_keeps_recent_domain_hot(system, clock, uci_digits):
+    system.ingest(uci_digits.test.iloc[:BATCH_ROWS], tag=DOMAIN)
+    clock.now = START + 600
+
+    assert system.sweep() == []
+    assert system.controller.domain(DOMAIN).state == State.HOT.value
+    assert system.events.of_kind("sweep")[-1]["evicted"] == []
+
+
+def test_idle_domain_goes_cold_and_comes_back(system, params, clock, uci_digits):
+    # Step 1: serve a batch, then measure the hot accuracy.
+    system.ingest(uci_digits.test.iloc[:BATCH_ROWS], tag=DOMAIN)
+    before = system.evaluate(DOMAIN, uci_digits.test)
+    hot_folder = params.paths.run / "models" / safe_name("vision/digits")
+    assert hot_folder.is_dir()
+
+    # Step 2: one second past max_idle_s, the sweep freezes the domain into the DVC store.
+    clock.now = START + params.cold_storage.max_idle_s + 1
+    evictions = system.sweep()
+
+    assert [eviction.domain for eviction in evictions] == [DOMAIN]
+    assert "more than max_idle_s=18000 s" in evictions[0].reason
+    record = system.controller.domain(DOMAIN)
+    assert record.state == State.COLD.value
+    assert record.cold_version == "v0001"
+    assert record.model_dir is None
+    assert not hot_folder.exists()
+    stored = system.store.versions(DOMAIN)
+    assert [version.version for version in stored] == ["v0001"]
+    assert stored[0].dvc_file.is_file()
+    assert stored[0].path.is_relative_to(params.paths.cold_store)
+    assert (params.paths.cold_store / ".dvc").is_dir()
+    remote_objects = {path.parent.name + path.name for path in params.paths.remote.rglob("*") if path.is_file()}
+    assert stored[0].md5 in remote_objects
+    with pytest.raises(RoutingError, match="is cold, not hot"):
+        system.subgraph(DOMAIN)
+
+    # Step 3: a tagged batch brings the domain back through Remembering.
+    clock.now += 600
+    swept_events = len(system.events.events)
+    result = system.ingest(uci_digits.test.iloc[BATCH_ROWS : 2 * BATCH_ROWS], tag=DOMAIN)
+
+    assert result.actions == ["remembered"]
+    assert result.state == State.HOT.value
+    kinds = [event["event"] for event in system.events.events[swept_events:]]
+    assert kinds == ["remembering", "gate_passed", "batch_routed"]
+    assert system.events.of_kind("gate_passed")[-1]["bundle_version"] == "v0001"
+    states = [entry["current"]["state"] for entry in system.controller.history(DOMAIN)]
+    assert states == ["training", "hot", "cold", "remembering", "hot"]
+    after = system.evaluate(DOMAIN, uci_digits.test)
+    assert abs(after - before) <= 0.01, f"accuracy {before:.4f} before, {after:.4f} after"
+
+    # Step 4: the restored hot copy is on disk, and the event log file matches memory.
+    restarted = Mycelium(params, clock=clock)
+    assert isinstance(restarted.subgraph(DOMAIN), Subgraph)
+    assert restarted.evaluate(DOMAIN, uci_digits.test) == after
+    assert read_events(params.paths.run / "events.jsonl") == system.events.events
