@@ -86,6 +86,9 @@ class Expert(nn.Module):
     """
 
     architecture: ClassVar[str]
+    # Settings the architecture reads; build_expert rejects any other key, so a typo such as
+    # "hiden" fails instead of silently falling back to the default.
+    config_keys: ClassVar[frozenset[str]] = frozenset({"in_features", "n_classes"})
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -138,4 +141,10 @@ def build_expert(architecture: str, config: dict[str, Any]) -> Expert:
             f"Unknown expert architecture {architecture!r}; choose one of "
             f"{sorted(EXPERT_ARCHITECTURES)} or register a new one with @register_expert."
         ) from None
+    unknown = sorted(set(config) - cls.config_keys)
+    if unknown:
+        raise ConfigError(
+            f"Unknown setting(s) {unknown} for expert architecture {architecture!r}; "
+            f"valid settings are {sorted(cls.config_keys)}."
+        )
     return cls(config)

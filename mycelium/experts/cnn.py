@@ -19,6 +19,8 @@ class SmallCNNExpert(Expert):
     ``n_classes``, ``dropout``.
     """
 
+    config_keys = frozenset({"in_features", "image_shape", "channels", "hidden", "n_classes", "dropout"})
+
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         shape = tuple(int(v) for v in config["image_shape"])

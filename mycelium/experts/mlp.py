@@ -15,6 +15,8 @@ from mycelium.experts.base import Expert, register_expert
 class MLPExpert(Expert):
     """ReLU MLP. Config: ``in_features``, ``hidden`` (list of widths), ``n_classes``, ``dropout``."""
 
+    config_keys = frozenset({"in_features", "hidden", "n_classes", "dropout"})
+
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
         hidden = list(config.get("hidden", [64, 64]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,12 @@ class BatchSource:
         self.params = params
         self._tables: dict[str, pd.DataFrame] = {}
 
-    def batch(self, item: ScheduledBatch) -> pd.DataFrame:
+    def check(self, schedule: list[ScheduledBatch]) -> None:
+        """Raise ConfigError before the run if any scheduled batch lies past its table's end."""
+        for item in schedule:
+            self._rows(item)
+
+    def _rows(self, item: ScheduledBatch) -> tuple[pd.DataFrame, int, int]:
         if item.dataset not in self._tables:
             self._tables[item.dataset] = read_part(self.params, item.dataset, "stream")
         table = self._tables[item.dataset]
@@ -81,6 +87,10 @@ class BatchSource:
                 f"Batch {item.index} of {item.dataset!r} needs rows {start}-{start + size} but its stream part "
                 f"has {len(table)} rows; lower the feed's batches or stream.batch_size.{item.dataset} in params.yaml."
             )
+        return table, start, size
+
+    def batch(self, item: ScheduledBatch) -> pd.DataFrame:
+        table, start, size = self._rows(item)
         return table.iloc[start : start + size].reset_index(drop=True)
 
 
@@ -93,9 +103,12 @@ class StreamRun:
 
     def __init__(self, params: Params):
         self.params = params
-        self.clock = SimulatedClock()
         self.schedule = build_schedule(params)
         self.source = BatchSource(params)
+        self.source.check(self.schedule)
+        # The replay ends at the wall-clock time it started, so the last-use times it records
+        # are in the past for any later sweep that reads the real clock.
+        self.clock = SimulatedClock(time.time() - len(self.schedule) * params.stream.seconds_per_batch)
         self.tests: dict[str, pd.DataFrame] = {}
         self.datasets_of: dict[str, set[str]] = defaultdict(set)
         self.accuracy_rows: list[dict[str, Any]] = []

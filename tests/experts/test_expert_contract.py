@@ -12,7 +12,7 @@ from mycelium.hashing import sha256_state_dict
 
 N_FEATURES = 64
 N_CLASSES = 3
-# Both image and table experts read these: 64 columns are one 1x8x8 image.
+# Image and table experts take what they read from these: 64 columns are one 1x8x8 image.
 BASE_CONFIG = {"in_features": N_FEATURES, "image_shape": [1, 8, 8], "n_classes": N_CLASSES}
 # Small widths per architecture, to keep training fast. A new architecture that needs more
 # than BASE_CONFIG gets its entry here.
@@ -26,12 +26,15 @@ INVALID_CONFIGS = [
     ("mlp", {"hidden": [8, 0]}, "'hidden' must list positive widths"),
     ("cnn", {"image_shape": [8, 8]}, "'image_shape' must be (channels, height, width)"),
     ("cnn", {"image_shape": [0, 8, 8]}, "'image_shape' must be (channels, height, width)"),
+    ("mlp", {"hiden": [8]}, "Unknown setting(s) ['hiden']"),
+    ("cnn", {"chanels": [4, 8]}, "Unknown setting(s) ['chanels']"),
 ]
 ARCHITECTURES = sorted(EXPERT_ARCHITECTURES)
 
 
 def minimal_config(architecture: str) -> dict:
-    return {**BASE_CONFIG, **SMALL_CONFIG.get(architecture, {})}
+    config = {**BASE_CONFIG, **SMALL_CONFIG.get(architecture, {})}
+    return {key: value for key, value in config.items() if key in EXPERT_ARCHITECTURES[architecture].config_keys}
 
 
 def build(architecture: str, seed: int = 0) -> Expert:
