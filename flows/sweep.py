@@ -18,7 +18,9 @@ from mycelium.config import load_params  # noqa: E402
 from mycelium.system import Mycelium  # noqa: E402
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+# NOTE: no task retries. Freezing is not idempotent yet: a retry after a failed DVC push would
+# write the same subgraph again as a new bundle version.
+@task(cache_policy=NO_CACHE)
 def sweep_domains(params_path: str) -> list[dict]:
     system = Mycelium(load_params(ROOT / params_path))
     evictions = [asdict(e) for e in system.sweep()]

@@ -6,9 +6,17 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from mycelium.errors import MyceliumError
+import pandas as pd
+
+from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError
+
+# Input and output files of `route` and `train-patch`, by suffix.
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 def _system(args: argparse.Namespace):
@@ -39,7 +47,15 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = _system(args).domain_table()
+    system = _system(args)
+    if args.table_version is not None and args.at is not None:
+        raise InputError("Pass --table-version or --at, not both.")
+    if args.table_version is not None:
+        rows = _domain_rows(system.controller.table_at(_table_version(system, args.table_version)))
+    elif args.at is not None:
+        rows = _domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+    else:
+        rows = system.domain_table()
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -49,10 +65,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     system = _system(args)
-    system.controller.domain(args.domain)
-    for change in system.controller.history(args.domain):
-        current = change["current"]
-        print(f"v{change['version']:<5} state={current['state']:<12} subgraph v{current['version']}  {change['reason']}")
+    changes = system.controller.history(args.domain)
+    if not changes:
+        system.controller.domain(args.domain)
+    aliases = [e for e in system.controller.history() if e.get("kind") == "alias" and e.get("target_domain") == args.domain]
+    for change in sorted(changes + aliases, key=lambda entry: entry["version"]):
+        print(f"v{change['version']:<5} {_format_time(change['time'])}  {_describe_change(change)}  {change['reason']}")
     versions = system.store.versions(args.domain) if args.bundles else []
     for stored in versions:
         print(f"bundle {stored.version}  {stored.path}")
@@ -68,8 +86,92 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mycelium.routing.batch import route_batch
+
+    frame = _read_frame(args.file).reset_index(drop=True)
+    if len(frame) == 0:
+        raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
+    if args.tag is not None and args.tag_column in frame.columns:
+        raise InputError(
+            f"{args.file} has a {args.tag_column!r} column and --tag was given; drop one of them "
+            f"(--tag applies one tag to every row)."
+        )
+    output = args.output or args.file.with_name(f"{args.file.stem}.predictions{args.file.suffix}")
+    _check_suffix(output, "output file")
+    system = _system(args)
+    parts = []
+    with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
+        for start in range(0, len(frame), args.batch_size):
+            chunk = frame.iloc[start : start + args.batch_size]
+            routed = route_batch(system, chunk, args.tag, tag_column=args.tag_column, validate=not args.no_validate,
+                                 name=f"{args.file.stem}-rows-{start}-{start + len(chunk) - 1}")
+            parts.append(routed.to_frame(index=chunk.index))
+            bar.update(len(chunk))
+    system.controller.flush_locality()
+
+    passthrough_columns = [c for c in (args.tag_column, "label") if c in frame.columns]
+    result = pd.concat([frame[passthrough_columns], pd.concat(parts)], axis=1)
+    result.insert(0, "row", range(len(frame)))
+    _write_frame(result, output)
+    counts = result["domain"].value_counts(dropna=False)
+    summary = ", ".join(f"{count} rows -> {domain if isinstance(domain, str) else 'no domain'}"
+                        for domain, count in counts.items())
+    print(f"wrote {len(result)} predictions to {output} ({summary})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    system = _system(args)
+    controller = system.controller
+    version = _table_version(system, args.to)
+    past = controller.table_at(version).domains.get(args.domain)
+    if past is not None and past.state == "hot" and past.model_dir and not (system.root / past.model_dir).exists():
+        raise IntegrityError(
+            f"At table version {version}, {args.domain!r} was served from {past.model_dir}, which no longer exists "
+            "(hot copies are deleted when a domain is swept). Restore a stored bundle with "
+            f"`mycelium remember {args.domain} --version VERSION` instead."
+        )
+    reason = args.reason or f"rollback of {args.domain} to table version {version} from the command line"
+    table = controller.restore(version, reason, domain=args.domain)
+    record = table.domains[args.domain]
+    print(f"{args.domain}: table version {table.version} restores its record of version {version}: "
+          f"state {record.state}, subgraph v{record.version}, patches {record.patches or 'none'}")
+    return 0
+
+
+def cmd_train_patch(args: argparse.Namespace) -> int:
+    from mycelium.experts.fitting import LABEL
+
+    frame = _read_frame(args.data)
+    system = _system(args)
+    record = system.controller.domain(args.domain)
+    missing = [c for c in record.columns if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{args.data} lacks {len(missing)} input columns of {args.domain!r}, e.g. {missing[:5]}; "
+            f"train-patch needs every column of the domain's schema."
+        )
+    if LABEL not in frame.columns or frame[LABEL].isna().any():
+        unlabelled = len(frame) if LABEL not in frame.columns else int(frame[LABEL].isna().sum())
+        raise InputError(
+            f"{args.data} has {unlabelled} rows without a {LABEL!r} value; train-patch needs labelled rows. "
+            f"Add the true class of every row in a {LABEL!r} column."
+        )
+    features = frame[record.columns]
+    non_numeric = [c for c in record.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    if non_numeric or features.isna().to_numpy().any():
+        problem = f"columns {non_numeric[:5]} are not numeric" if non_numeric else "some feature values are missing"
+        raise InputError(f"{args.data} cannot train a patch: {problem}. Fix or drop those rows and run it again.")
+    report = system.train_patch(args.domain, data=frame)
+    print(json.dumps(asdict(report), indent=1))
+    return 0
+
+
 def cmd_remember(args: argparse.Namespace) -> int:
-    result = _system(args).remember(args.domain)
+    result = _system(args).remember(args.domain, version=args.version)
     print(json.dumps(result.summary(), indent=1, default=str))
     return 0 if result.passed else 1
 
@@ -83,9 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="table of domains: tags, state, version, size, last use, accuracy")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--table-version", type=int, default=None, metavar="N",
+                        help="show the table as it was right after change N (see `mycelium history DOMAIN`)")
+    status.add_argument("--at", default=None, metavar="TIME",
+                        help="show the table as it was at TIME: Unix seconds or ISO 8601 (UTC without an offset)")
     status.set_defaults(handler=cmd_status)
 
-    history = commands.add_parser("history", help="every recorded change of one domain")
+    history = commands.add_parser("history", help="every recorded change of one domain, with table versions")
     history.add_argument("domain", help="domain name, e.g. tabular/segments")
     history.add_argument("--bundles", action="store_true", help="also list its cold-storage bundle versions")
     history.set_defaults(handler=cmd_history)
@@ -95,8 +201,137 @@ def build_parser() -> argparse.ArgumentParser:
 
     remember = commands.add_parser("remember", help="restore a cold domain through the validation gate")
     remember.add_argument("domain", help="domain name, e.g. tabular/segments")
+    remember.add_argument("--version", default=None,
+                          help="stored bundle version to restore, e.g. v0001 (default: the newest intact one); "
+                               "a hot domain is frozen into a new version first")
     remember.set_defaults(handler=cmd_remember)
+
+    route = commands.add_parser(
+        "route", help="predict every row of a CSV or Parquet file with the domain its tag routes to",
+        description="Predict every row of FILE. Rows carry their tags in a tag column, or --tag applies one tag "
+                    "to all rows; untagged rows are routed by domain inference. Writes the predictions with the "
+                    "domain and subgraph version of every row.")
+    route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
+    route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
+                                                   "have a tag column then)")
+    route.add_argument("--tag-column", default="tag", help="column with each row's tags (default: tag); a cell "
+                                                          "contains one tag or several separated by commas")
+    route.add_argument("-o", "--output", type=Path, default=None,
+                       help="output file, .csv or .parquet (default: FILE.predictions with FILE's suffix)")
+    route.add_argument("--batch-size", type=_positive_int, default=1024,
+                       help="rows routed and validated together (default: 1024)")
+    route.add_argument("--no-validate", action="store_true",
+                       help="skip the Great Expectations checks of each domain's rows")
+    route.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    route.set_defaults(handler=cmd_route)
+
+    rollback = commands.add_parser(
+        "rollback", help="restore a domain's record as it was at a past table version, as a new version",
+        description="Restore DOMAIN's routing record (subgraph version, patches, tags, state) as it was right "
+                    "after table change VERSION. The restore is a new table version; the history is kept.")
+    rollback.add_argument("domain", help="domain name, e.g. vision/digits")
+    rollback.add_argument("--to", type=int, required=True, metavar="VERSION",
+                          help="table version to restore, as listed by `mycelium history DOMAIN`")
+    rollback.add_argument("--reason", default=None, help="reason recorded in the history")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    train_patch = commands.add_parser(
+        "train-patch", help="train a patch for a hot domain on a labelled CSV or Parquet file",
+        description="Train a low-rank patch beside DOMAIN's frozen expert on DATA, which needs the domain's "
+                    "input columns and a label column. The patched subgraph becomes a new version.")
+    train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
+    train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
+    train_patch.set_defaults(handler=cmd_train_patch)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_suffix(path: Path, role: str) -> None:
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise InputError(f"The {role} {path} has suffix {path.suffix!r}; use one of {', '.join(DATA_SUFFIXES)}.")
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, raising InputError with the fix when it cannot be read."""
+    _check_suffix(path, "data file")
+    if not path.is_file():
+        raise InputError(f"Data file {path} not found; check the path (relative paths start at {Path.cwd()}).")
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"Cannot read {path}: {first_line}. Check that it is a valid {path.suffix} file.") from exc
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def _table_version(system: Any, version: int) -> int:
+    newest = system.controller.table.version
+    if not 0 <= version <= newest:
+        raise InputError(f"Table version {version} does not exist; recorded versions are 0 to {newest}.")
+    return version
+
+
+def _timestamp(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"Time {text!r} is neither Unix seconds nor ISO 8601, e.g. 2025-01-31T12:00:00Z.") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _format_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _describe_change(change: dict[str, Any]) -> str:
+    if change.get("kind") == "alias":
+        target = change["current"] or "(removed)"
+        return f"alias {change['alias']} -> {target}"
+    current = change["current"]
+    restored = f"restored v{change['restored_version']}: " if change.get("kind") == "restore" else ""
+    if current is None:
+        return f"{restored}removed from the table"
+    return f"{restored}state={current['state']:<12} subgraph v{current['version']}"
+
+
+def _domain_rows(table: Any) -> list[dict[str, Any]]:
+    """Return the status rows of a past routing table (the columns of Mycelium.domain_table)."""
+    return [
+        {
+            "domain": record.name,
+            "tags": ", ".join(record.tags),
+            "state": record.state,
+            "version": record.version,
+            "patches": len(record.patches),
+            "fp32_bytes": record.fp32_bytes,
+            "cold_version": record.cold_version or "",
+            "last_used": record.locality.last_used,
+            "uses": record.locality.uses,
+            "holdout_accuracy": record.metrics.get("holdout_accuracy"),
+        }
+        for record in sorted(table.domains.values(), key=lambda r: r.name)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

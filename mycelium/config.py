@@ -39,6 +39,8 @@ class DatasetSplit(_Settings):
 
     @model_validator(mode="after")
     def _fractions_leave_a_stream(self) -> "DatasetSplit":
+        if self.rows is not None and self.rows[1] is not None and self.rows[1] <= self.rows[0]:
+            raise ValueError(f"rows {list(self.rows)} selects nothing; use [start, stop] with stop > start or null")
         total = self.train + self.calibration + self.test
         if total >= 1:
             raise ValueError(f"train + calibration + test is {total:.2f}; it must stay below 1 to leave stream rows")
@@ -108,6 +110,15 @@ class Quantization(_Settings):
 
 
 class ColdStorage(_Settings):
+    """Sweep policy, hot-memory budget and bundle settings.
+
+    ``policy`` picks the sweep policy: ``lru`` (least recently used) or ``activity``
+    (decayed use count times reload cost per byte, see ``cold_storage/activity.py``).
+    Domains in ``pinned`` are never swept. ``reload_base_s`` and ``reload_bytes_per_s``
+    estimate a domain's reload cost for the activity policy until a restore of that domain
+    has been measured.
+    """
+
     quantization: Quantization
     buffer_size: int = Field(ge=500, le=1000)
     buffer_min: int = Field(gt=0)
@@ -116,13 +127,24 @@ class ColdStorage(_Settings):
     max_idle_s: float = Field(gt=0)
     sweep_every: int = Field(gt=0)
     probe_rows: int = Field(gt=0)
+    policy: Literal["lru", "activity"] = "lru"
+    pinned: list[str] = Field(default_factory=list)
+    reload_base_s: float = Field(default=0.5, gt=0)
+    reload_bytes_per_s: float = Field(default=50_000_000.0, gt=0)
 
 
 class Remembering(_Settings):
+    """Fine-tune and validation-gate settings of Remembering.
+
+    ``wait_timeout_s`` is how long a request waits for another process that is restoring
+    the same domain before it raises ``RememberTimeoutError``.
+    """
+
     finetune_lr: float = Field(gt=0)
     finetune_steps: int = Field(ge=0)
     gate_tolerance: float = Field(ge=0, le=1)
     holdout_fraction: float = Field(gt=0, lt=1)
+    wait_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class Feed(_Settings):
@@ -185,17 +207,26 @@ class Params(_Settings):
         return self.model_copy(update={"paths": Paths(**paths)})
 
 
+def _describe_error(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    value = error.get("input")
+    if isinstance(value, dict):
+        return f"{location}: {error['msg']}"
+    shown = repr(value)
+    return f"{location}: {error['msg']} (got {shown[:80]}{'...' if len(shown) > 80 else ''})"
+
+
 def load_params(path: Path | str = "params.yaml", *, root: Path | str | None = None) -> Params:
     """Read params.yaml and validate it; paths become absolute under ``root`` (default: its folder)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Settings file {str(path)!r} not found; run from the project folder or pass its path.")
     raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} is not a YAML mapping of settings; pass the project's params.yaml.")
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
-        )
+        problems = "; ".join(_describe_error(err) for err in exc.errors())
         raise ConfigError(f"Invalid settings in {path}: {problems}. Fix these values in {path.name}.") from exc
     return params.resolve(Path(root) if root else path.resolve().parent)

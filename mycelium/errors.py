@@ -35,3 +35,17 @@ class IntegrityError(MyceliumError):
 
 class StorageError(MyceliumError):
     """A cold-storage or DVC operation failed."""
+
+
+class RememberTimeoutError(MyceliumError, TimeoutError):
+    """A request waited longer than ``remembering.wait_timeout_s`` for another process to
+    finish restoring a domain. Its batch was quarantined, not dropped."""
+
+    def __init__(self, message: str, quarantine_path: str | None = None):
+        super().__init__(message)
+        self.quarantine_path = quarantine_path
+
+
+class InputError(MyceliumError, ValueError):
+    """A data file or argument given to Mycelium is missing, unreadable or inconsistent,
+    for example a file that does not exist or a column that a command needs."""

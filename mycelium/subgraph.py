@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from mycelium.drift.combined_ood import CombinedOOD, domain_check_inputs, ood_from_tensors
 from mycelium.drift.ood import MahalanobisOOD
 from mycelium.errors import IntegrityError, RoutingError
 from mycelium.experts import Expert, InputSchema, build_expert
@@ -50,7 +51,7 @@ class Subgraph:
     schema: InputSchema
     expert: Expert
     patches: list[LowRankPatch] = field(default_factory=list)
-    references: list[MahalanobisOOD] = field(default_factory=list)
+    references: list[MahalanobisOOD | CombinedOOD] = field(default_factory=list)
     # Training facts kept with the weights: expectations, accuracy, sample counts.
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +86,14 @@ class Subgraph:
     def ood_ratios(self, x: torch.Tensor) -> np.ndarray:
         """Return, per row and depth, the OOD score divided by that depth's threshold."""
         features = self.base_features(x)
-        return np.stack([ref.score(features) / ref.threshold for ref in self.references], axis=1)
+        inputs = x.numpy().astype(np.float64)
+        ratios = []
+        for ref in self.references:
+            if isinstance(ref, CombinedOOD):
+                ratios.append(ref.score(domain_check_inputs(features, inputs)))
+            else:
+                ratios.append(ref.score(features) / ref.threshold)
+        return np.stack(ratios, axis=1)
 
     @torch.no_grad()
     def predict(self, frame: pd.DataFrame, *, per_row: bool = False) -> Prediction:
@@ -116,21 +124,42 @@ class Subgraph:
             tensors.update({f"patches.{index}.{k}": v for k, v in patch.state_dict().items()})
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
-    def describe(self) -> dict[str, Any]:
-        """Return the JSON description needed to rebuild this subgraph from its weights."""
+    def reference_tensors(self) -> dict[str, torch.Tensor]:
+        """Return the OOD references' mean and precision tensors, keyed ``<depth>.mean`` etc."""
+        tensors = {}
+        for depth, reference in enumerate(self.references):
+            tensors.update({f"{depth}.{name}": value for name, value in reference.to_tensors().items()})
+        return tensors
+
+    def describe(self, *, reference_tensors_inline: bool = True) -> dict[str, Any]:
+        """Return the JSON description needed to rebuild this subgraph from its weights.
+
+        With ``reference_tensors_inline=False`` the references carry only their calibration
+        metadata, and ``from_parts`` needs ``reference_tensors()`` beside the description.
+        """
+        references = [
+            reference_to_json(ref) if reference_tensors_inline else {"metadata": ref.metadata()}
+            for ref in self.references
+        ]
         return {
             "domain": self.domain,
             "architecture": self.expert.architecture,
             "config": self.expert.config,
             "schema": self.schema.to_dict(),
             "patches": [patch.describe() for patch in self.patches],
-            "references": [reference_to_json(ref) for ref in self.references],
+            "references": references,
             "info": self.info,
         }
 
     @classmethod
-    def from_parts(cls, description: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "Subgraph":
-        """Rebuild a subgraph from ``describe()`` output and ``state_dict()`` tensors."""
+    def from_parts(
+        cls,
+        description: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        reference_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> "Subgraph":
+        """Rebuild a subgraph from ``describe()`` output and ``state_dict()`` tensors, plus
+        ``reference_tensors()`` when the description does not carry them inline."""
         expert = build_expert(description["architecture"], description["config"])
         expert.load_state_dict(_strip(tensors, "expert."))
         patches = []
@@ -144,7 +173,11 @@ class Subgraph:
             schema=InputSchema.from_dict(description["schema"]),
             expert=expert,
             patches=patches,
-            references=[reference_from_json(r) for r in description["references"]],
+            references=[
+                reference_from_json(r) if "mean" in r or r.get("kind") == "combined"
+                else ood_from_tensors(_strip(reference_tensors or {}, f"{depth}."), r["metadata"])
+                for depth, r in enumerate(description["references"])
+            ],
             info=dict(description.get("info", {})),
         )
 
@@ -159,8 +192,10 @@ class _AtDepth(torch.nn.Module):
         return self.module(x, depth=self.depth)
 
 
-def reference_to_json(reference: MahalanobisOOD) -> dict[str, Any]:
+def reference_to_json(reference: MahalanobisOOD | CombinedOOD) -> dict[str, Any]:
     """Return a fitted OOD reference as plain JSON (mean, precision matrix and calibration)."""
+    if isinstance(reference, CombinedOOD):
+        return reference.to_json()
     tensors = reference.to_tensors()
     return {
         "metadata": reference.metadata(),
@@ -169,7 +204,9 @@ def reference_to_json(reference: MahalanobisOOD) -> dict[str, Any]:
     }
 
 
-def reference_from_json(data: dict[str, Any]) -> MahalanobisOOD:
+def reference_from_json(data: dict[str, Any]) -> MahalanobisOOD | CombinedOOD:
+    if data.get("kind") == "combined":
+        return CombinedOOD.from_json(data)
     tensors = {name: torch.tensor(data[name], dtype=torch.float64) for name in ("mean", "precision")}
     return MahalanobisOOD.from_tensors(tensors, data["metadata"])
 

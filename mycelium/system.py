@@ -15,17 +15,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from mycelium.cold_storage.bundle import read_bundle, write_bundle
-from mycelium.cold_storage.remembering import RememberResult, restore_and_gate
+from mycelium.cold_storage.remembering import RememberResult, buffer_accuracy, restore_and_gate
 from mycelium.cold_storage.smote import balanced_buffer, smote_settings
 from mycelium.cold_storage.store import ColdStore
-from mycelium.cold_storage.sweep import Eviction, SweepCandidate, lru_sweep
+from mycelium.cold_storage.policy import select_evictions
+from mycelium.cold_storage.quantize import dequantize_state_dict, quantize_state_dict
+from mycelium.cold_storage.sweep import Eviction, SweepCandidate
 from mycelium.config import Params
 from mycelium.drift.page_hinkley import PageHinkley
 from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.reference import ReferenceMonitor
-from mycelium.errors import DataValidationError, EmptyDataError, RoutingError, StorageError
+from mycelium.errors import (
+    DataValidationError,
+    EmptyDataError,
+    IllegalTransitionError,
+    RememberTimeoutError,
+    RoutingError,
+    StorageError,
+)
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
@@ -75,6 +85,8 @@ class Mycelium:
         self.step = 0
         self._store: ColdStore | None = None
         self._hot: dict[str, Subgraph] = {}
+        # The model_dir each subgraph in _hot was loaded from; None until checked against the table.
+        self._hot_dirs: dict[str, str | None] = {}
         self._monitors: dict[str, ReferenceMonitor] = {}
         self._performance: dict[str, PageHinkley] = {}
         self._drift_rows: dict[str, list[pd.DataFrame]] = {}
@@ -114,6 +126,7 @@ class Mycelium:
         self.controller.register(record, reason=reason)
         record = self.controller.set_state(domain, State.HOT, reason="trained and saved")
         self._hot[domain] = subgraph
+        self._hot_dirs[domain] = None
         self._save_reference(domain, 0, reference)
         self._append_reservoir(domain, reference)
         self.events.emit("domain_registered", step=self.step, domain=domain, tags=record.tags, reason=reason,
@@ -127,13 +140,19 @@ class Mycelium:
         return str(folder.relative_to(self.root))
 
     def subgraph(self, domain: str) -> Subgraph:
-        """Return the hot subgraph of ``domain``, loading its hot copy if needed."""
-        if domain in self._hot:
-            return self._hot[domain]
+        """Return the hot subgraph of ``domain``, loading its hot copy if needed.
+
+        The copy in memory is reloaded when the routing table points the domain at another hot
+        copy, for example after a rollback.
+        """
         record = self.controller.domain(domain)
+        if domain in self._hot and self._hot_dirs.get(domain) in (None, record.model_dir):
+            self._hot_dirs[domain] = record.model_dir
+            return self._hot[domain]
         if record.state != State.HOT.value or record.model_dir is None:
             raise RoutingError(f"Domain {domain!r} is {record.state}, not hot; call remember({domain!r}) first.")
         self._hot[domain] = load_subgraph(self.root / record.model_dir)
+        self._hot_dirs[domain] = record.model_dir
         return self._hot[domain]
 
     # Ingestion ---------------------------------------------------------------------------
@@ -158,7 +177,8 @@ class Mycelium:
 
         record = self.controller.domain(domain)
         actions: list[str] = []
-        if record.state == State.COLD.value:
+        if record.state in (State.COLD.value, State.REMEMBERING.value):
+            # A request during another process's Remembering waits for it on the domain's lock.
             result = self.remember(domain, recent=batch)
             actions.append("remembered" if result.passed else "remember_failed")
             if not result.passed:
@@ -198,9 +218,11 @@ class Mycelium:
                            depth_counts, decision.to_dict(), actions)
 
     def _require_finite(self, batch: pd.DataFrame, name: str) -> None:
-        """Quarantine an untagged batch whose features are not all finite numbers.
+        """Quarantine an untagged batch whose features are not all finite numbers or whose labels
+        are not class indices.
 
-        Untagged batches have no domain expectations yet, but the OOD scores need finite numbers.
+        Untagged batches have no domain expectations yet, but the OOD scores need finite numbers
+        and a new expert trained on the queue needs valid labels.
         """
         features = batch.drop(columns=[LABEL], errors="ignore")
         problems = [f"column {c!r} is {features[c].dtype}, not numeric"
@@ -208,6 +230,12 @@ class Mycelium:
         numeric = features.select_dtypes("number")
         counts = (~np.isfinite(numeric.to_numpy(dtype=float))).sum(axis=0)
         problems += [f"column {c!r} has {int(n)} NaN or infinite values" for c, n in zip(numeric.columns, counts) if n]
+        if LABEL in batch:
+            labels = pd.to_numeric(batch[LABEL], errors="coerce")
+            invalid = batch[LABEL][~(labels.notna() & (labels >= 0) & (labels % 1 == 0))]
+            if len(invalid):
+                problems.append(f"column {LABEL!r} has {len(invalid)} values that are not class indices >= 0, "
+                                f"e.g. {invalid.iloc[:3].tolist()}")
         if not problems:
             return
         reason = "; ".join(problems)
@@ -220,19 +248,24 @@ class Mycelium:
         )
 
     def infer_domain(self, batch: pd.DataFrame) -> tuple[str | None, dict[str, Any]]:
-        """Pick the hot domain whose schema matches and whose OOD check accepts most rows.
+        """Pick the domain whose schema matches and whose OOD check accepts most rows.
 
-        Returns (None, evidence) when no domain accepts at least ``ood.min_accepted_fraction``.
+        Hot domains are scored first. When none accepts the batch, cold domains with the same
+        schema are remembered (restored through the gate) and scored too, so a returning source
+        reactivates its expert instead of training a duplicate. Returns (None, evidence) when no
+        domain accepts at least ``ood.min_accepted_fraction`` of the rows.
         """
         columns = [c for c in batch.columns if c != LABEL]
-        scores: dict[str, float] = {}
-        for name, record in self.controller.table.domains.items():
-            if record.state != State.HOT.value or sorted(record.columns) != sorted(columns):
-                continue
-            subgraph = self.subgraph(name)
-            ratios = subgraph.ood_ratios(subgraph.inputs(batch)).min(axis=1)
-            scores[name] = float((ratios <= 1.0).mean())
-        evidence: dict[str, Any] = {"tag": None, "accepted_fraction": scores}
+        scores = self._acceptance(batch, columns, State.HOT)
+        reactivated = []
+        if not scores or max(scores.values()) < self.params.ood.min_accepted_fraction:
+            for name in self._same_schema(columns, State.COLD):
+                self.events.emit("reactivating_for_inference", step=self.step, domain=name,
+                                 reason="an untagged batch with this domain's schema matched no hot domain")
+                if self.remember(name).passed:
+                    reactivated.append(name)
+            scores.update(self._acceptance(batch, columns, State.HOT, only=reactivated))
+        evidence: dict[str, Any] = {"tag": None, "accepted_fraction": scores, "reactivated": reactivated}
         if not scores:
             evidence["reason"] = f"no hot domain has this schema ({len(columns)} columns: {columns[:5]}...)"
             return None, evidence
@@ -245,6 +278,22 @@ class Mycelium:
             return None, evidence
         evidence["reason"] = f"{best!r} accepts {scores[best]:.0%} of rows"
         return best, evidence
+
+    def _same_schema(self, columns: list[str], state: State) -> list[str]:
+        return [name for name, record in self.controller.table.domains.items()
+                if record.state == state.value and sorted(record.columns) == sorted(columns)]
+
+    def _acceptance(self, batch: pd.DataFrame, columns: list[str], state: State,
+                    only: list[str] | None = None) -> dict[str, float]:
+        """Return, per domain in ``state`` with this schema, the fraction of rows its OOD check accepts."""
+        scores = {}
+        for name in self._same_schema(columns, state):
+            if only is not None and name not in only:
+                continue
+            subgraph = self.subgraph(name)
+            ratios = subgraph.ood_ratios(subgraph.inputs(batch)).min(axis=1)
+            scores[name] = float((ratios <= 1.0).mean())
+        return scores
 
     # Detection and patches ---------------------------------------------------------------
 
@@ -302,13 +351,16 @@ class Mycelium:
                                 min_tail_samples=self.params.ood.min_tail_samples,
                                       seed=self.params.seed + self.step)
         record = self.controller.domain(domain)
-        version = record.version + 1
+        # After a rollback the record's version is lower than versions already used; never reuse one.
+        used = [c["current"]["version"] for c in self.controller.history(domain) if c.get("current")]
+        version = max([record.version, *used]) + 1
         model_dir = self._save_hot_copy(patched, version=version)
         self.controller.update(domain, reason=f"patch {patched.depth} trained on {len(data)} drifted rows",
                                version=version, model_dir=model_dir, n_params=patched.n_parameters(),
                                fp32_bytes=patched.fp32_bytes(),
                                patches=[*record.patches, f"patch-{patched.depth}"])
         self._hot[domain] = patched
+        self._hot_dirs[domain] = None
         self._save_reference(domain, patched.depth, data)
         self._drift_rows.pop(domain, None)
         self._performance.pop(domain, None)
@@ -367,26 +419,97 @@ class Mycelium:
     # Cold storage ------------------------------------------------------------------------
 
     def sweep(self) -> list[Eviction]:
-        """Move idle or least recently used hot domains to cold storage, as chosen by ``lru_sweep``."""
+        """Move hot domains to cold storage as ``cold_storage.policy`` picks them, and return them.
+
+        Both policies move domains idle for more than ``cold_storage.max_idle_s``, then others
+        until the hot set fits in ``cold_storage.hot_budget_bytes``. Domains pinned in the
+        routing table or listed in ``cold_storage.pinned`` stay hot. Each eviction is logged,
+        and its reason is in the ``sweep`` and ``swept`` events. A domain that another
+        process froze or is restoring meanwhile is skipped and left out of the result.
+        """
         now = self.clock()
-        candidates = [
-            SweepCandidate(r.name, r.locality.last_used, r.locality.uses, r.locality.activity, r.fp32_bytes, r.pinned)
-            for r in self.controller.table.domains.values()
-            if r.state == State.HOT.value
-        ]
         settings = self.params.cold_storage
-        evictions = lru_sweep(candidates, now=now, max_idle_s=settings.max_idle_s, budget_bytes=settings.hot_budget_bytes)
-        self.events.emit("sweep", step=self.step, time=now, hot=[c.domain for c in candidates],
-                         evicted=[asdict(e) for e in evictions])
+        candidates = self._sweep_candidates()
+        unknown = sorted(set(settings.pinned) - set(self.controller.table.domains))
+        if unknown:
+            logger.warning("cold_storage.pinned lists unknown domains %s: check their names in params.yaml.", unknown)
+        evictions = select_evictions(settings, candidates, now=now)
+        hot_bytes = sum(c.hot_bytes for c in candidates)
+        evicted = {e.domain for e in evictions}
+        left_bytes = hot_bytes - sum(c.hot_bytes for c in candidates if c.domain in evicted)
+        self.events.emit("sweep", step=self.step, time=now, policy=settings.policy, hot=[c.domain for c in candidates],
+                         pinned=[c.domain for c in candidates if c.pinned], hot_bytes=hot_bytes,
+                         budget_bytes=settings.hot_budget_bytes, evicted=[asdict(e) for e in evictions])
+        if left_bytes > settings.hot_budget_bytes:
+            logger.warning("Hot set stays at %d bytes, over the %d-byte budget, because the rest is pinned.",
+                           left_bytes, settings.hot_budget_bytes)
+
+        swept = []
         for eviction in evictions:
-            self.freeze(eviction.domain, reason=eviction.reason)
-        return evictions
+            logger.info("Sweeping %s (%s policy): %s", eviction.domain, settings.policy, eviction.reason)
+            try:
+                self.freeze(eviction.domain, reason=eviction.reason)
+            except IllegalTransitionError as exc:
+                logger.warning("Sweep skipped %s: %s", eviction.domain, exc)
+                self.events.emit("sweep_skipped", step=self.step, domain=eviction.domain, reason=str(exc))
+                continue
+            swept.append(eviction)
+        return swept
+
+    def _sweep_candidates(self, *, exclude: str | None = None) -> list[SweepCandidate]:
+        """Return every hot domain but ``exclude`` from a freshly read routing table."""
+        self.controller.flush_locality()
+        table = self.controller.reload()
+        pinned = set(self.params.cold_storage.pinned)
+        return [
+            SweepCandidate(r.name, r.locality.last_used, r.locality.uses, r.locality.activity, r.fp32_bytes,
+                           r.pinned or r.name in pinned, r.metrics.get("restore_seconds"))
+            for r in table.domains.values()
+            if r.state == State.HOT.value and r.name != exclude
+        ]
 
     def freeze(self, domain: str, *, reason: str) -> dict[str, Any]:
-        """Write ``domain``'s subgraph to a verified, DVC-versioned bundle and drop the hot copy."""
+        """Write ``domain``'s subgraph to a verified, DVC-versioned bundle and drop the hot copy.
+
+        The bundle's ``metadata.json`` records the lifecycle history, the locality (last use,
+        use counts), the metrics and the measured quantization error:
+        ``metrics.buffer_holdout_accuracy_fp32`` and ``metrics.buffer_holdout_accuracy_quantized``
+        are the accuracies on the held-out buffer rows before and after quantization, and
+        ``metrics.quantization_accuracy_change`` is their difference. The ``swept`` event
+        repeats them. When INT8 loses more accuracy than ``remembering.gate_tolerance``, which
+        would make every later gate fail, the bundle is written as FP16 instead and
+        ``quantization_fallback`` records why.
+
+        Raises:
+            IllegalTransitionError: the domain is not hot, e.g. another process froze it.
+            StorageError: no quantization keeps the accuracy within the tolerance, the written
+                bundle does not restore the measured model, DVC failed, or another process
+                held the domain's lock for longer than ``remembering.wait_timeout_s``. The
+                domain stays hot.
+        """
+        lock = self._domain_lock(domain)
+        try:
+            lock.acquire(timeout=self.params.remembering.wait_timeout_s)
+        except Timeout as exc:
+            raise StorageError(
+                f"Timed out after {self.params.remembering.wait_timeout_s:g} s waiting for another process that "
+                f"holds the lock of {domain!r} ({lock.lock_file}); {domain!r} stays hot. Freeze it again later."
+            ) from exc
+        try:
+            return self._freeze_locked(domain, reason)
+        finally:
+            lock.release()
+
+    def _freeze_locked(self, domain: str, reason: str) -> dict[str, Any]:
         settings = self.params.cold_storage
-        subgraph = self.subgraph(domain)
+        self.controller.reload()
         record = self.controller.domain(domain)
+        if record.state != State.HOT.value:
+            raise IllegalTransitionError(
+                f"Domain {domain!r} is {record.state}, not hot, so there is nothing to freeze; another "
+                "process may have frozen it or be restoring it."
+            )
+        subgraph = self.subgraph(domain)
 
         # The mini-buffer, and the held-out rows whose accuracy the gate will compare against.
         buffer = balanced_buffer(self._reservoir(domain), settings.buffer_size, seed=self.params.seed)
@@ -394,81 +517,334 @@ class Mycelium:
         holdout_rows = sorted(rng.choice(len(buffer), int(round(self.params.remembering.holdout_fraction * len(buffer))),
                                          replace=False).tolist())
         holdout = buffer.iloc[holdout_rows]
-        accuracy_fp32 = float((subgraph.predict(holdout, per_row=True).labels == holdout[LABEL].to_numpy()).mean())
+        accuracy_fp32 = buffer_accuracy(subgraph, holdout)
+        mode, accuracy_quantized, fallback = self._choose_quantization(domain, subgraph, holdout, accuracy_fp32)
 
         # Write the bundle atomically.
-        mode = settings.quantization.mode_for(domain)
+        path = self.store.next_version_path(domain)
         metadata = {
             "domain": domain,
             "version": record.version,
+            "bundle_version": path.name,
             "architecture": record.architecture,
-            "subgraph": subgraph.describe(),
-            "lifecycle": [c["current"]["state"] for c in self.controller.history(domain)],
+            "subgraph": subgraph.describe(reference_tensors_inline=False),
+            "lifecycle": self._lifecycle_history(domain),
             "last_used": record.locality.last_used,
-            "metrics": {**record.metrics, "buffer_holdout_accuracy_fp32": accuracy_fp32},
+            "locality": asdict(record.locality),
+            "metrics": {
+                **record.metrics,
+                "buffer_holdout_accuracy_fp32": accuracy_fp32,
+                "buffer_holdout_accuracy_quantized": accuracy_quantized,
+                "quantization_accuracy_change": accuracy_quantized - accuracy_fp32,
+            },
+            "quantization_fallback": fallback,
             "holdout_rows": holdout_rows,
             "reason": reason,
+            "frozen_at": self.clock(),
         }
-        path = self.store.next_version_path(domain)
-        info = write_bundle(path, state_dict=subgraph.state_dict(), mode=mode, metadata=metadata, buffer=buffer,
+        info = write_bundle(path, state_dict=subgraph.state_dict(), references=subgraph.reference_tensors(),
+                            mode=mode, metadata=metadata, buffer=buffer,
                             smote=smote_settings(buffer[LABEL].to_numpy(), k_neighbors=settings.smote_k,
                                                  seed=self.params.seed),
                             expectations=subgraph.info["expectations"])
-
-        # Reload and compare on a probe batch before the hot copy is released.
-        loaded = read_bundle(path)
-        restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict)
-        probe = buffer.iloc[: settings.probe_rows]
-        agreement = float((restored.predict(probe, per_row=True).labels == subgraph.predict(probe, per_row=True).labels).mean())
-        accuracy_quantized = float((restored.predict(holdout, per_row=True).labels == holdout[LABEL].to_numpy()).mean())
-        if agreement < 0.9:
-            shutil.rmtree(path)
-            raise StorageError(
-                f"Quantized {domain!r} agrees with the hot copy on only {agreement:.0%} of the probe batch; "
-                f"it stays hot. Set cold_storage.quantization.per_domain.{domain}: fp16 in params.yaml."
-            )
+        agreement = self._verify_frozen(domain, path, subgraph, buffer.iloc[: settings.probe_rows], holdout,
+                                        accuracy_quantized)
 
         # Version it with DVC, push it to the remote, then release the hot copy.
         stored = self.store.add_version(domain, path)
         self.controller.set_state(domain, State.COLD, reason=f"swept: {reason}", cold_version=stored.version,
                                   model_dir=None)
         self._hot.pop(domain, None)
+        self._hot_dirs.pop(domain, None)
         shutil.rmtree(self._folder("models", domain), ignore_errors=True)
 
         summary = {
             "version": stored.version,
             "quantization": mode,
+            "quantization_fallback": fallback,
             "bundle_bytes": info.stored_bytes,
             "weights_bytes": info.weights_bytes,
             "fp32_bytes": info.fp32_bytes,
             "compression": info.fp32_bytes / max(info.weights_bytes, 1),
+            "max_abs_error": info.quantization["max_abs_error"],
+            "kept_higher_precision": info.quantization["kept_higher_precision"],
             "buffer_rows": len(buffer),
             "probe_agreement": agreement,
             "buffer_accuracy_fp32": accuracy_fp32,
             "buffer_accuracy_quantized": accuracy_quantized,
+            "buffer_accuracy_change": accuracy_quantized - accuracy_fp32,
             "dvc_file": str(stored.dvc_file),
         }
         self.events.emit("swept", step=self.step, domain=domain, reason=reason, **summary)
         return summary
 
-    def remember(self, domain: str, *, recent: pd.DataFrame | None = None) -> RememberResult:
-        """Bring a cold domain back: restore, optionally fine-tune, and pass the validation gate."""
+    def _choose_quantization(
+        self, domain: str, subgraph: Subgraph, holdout: pd.DataFrame, accuracy_fp32: float
+    ) -> tuple[str, float, str | None]:
+        """Return the mode to store ``domain`` in, its held-out accuracy after a round trip, and
+        why the configured mode was replaced (None when it was kept)."""
+        configured = self.params.cold_storage.quantization.mode_for(domain)
+        tolerance = self.params.remembering.gate_tolerance
+        modes = [configured, "fp16"] if configured == "int8" else [configured]
+        accuracies: dict[str, float] = {}
+        for mode in modes:
+            quantized = quantize_state_dict(subgraph.state_dict(), mode)
+            restored = Subgraph.from_parts(subgraph.describe(), dequantize_state_dict(quantized.tensors, quantized.manifest))
+            accuracies[mode] = buffer_accuracy(restored, holdout)
+            if accuracies[mode] >= accuracy_fp32 - tolerance:
+                fallback = None
+                if mode != configured:
+                    fallback = (f"{configured} lowered held-out buffer accuracy from {accuracy_fp32:.3f} to "
+                                f"{accuracies[configured]:.3f}, more than remembering.gate_tolerance={tolerance:g}")
+                    logger.warning("Freezing %s as %s: %s.", domain, mode, fallback)
+                return mode, accuracies[mode], fallback
+        raise StorageError(
+            f"Quantizing {domain!r} lowers its held-out buffer accuracy from {accuracy_fp32:.3f} to "
+            f"{accuracies} (by mode), more than remembering.gate_tolerance={tolerance:g}, so no restore could pass "
+            f"the gate; it stays hot. Pin it with cold_storage.pinned, or raise remembering.gate_tolerance."
+        )
+
+    def _verify_frozen(
+        self, domain: str, path: Path, subgraph: Subgraph, probe: pd.DataFrame, holdout: pd.DataFrame,
+        accuracy_quantized: float,
+    ) -> float:
+        """Reload the written bundle and return its agreement with the hot copy on ``probe``.
+
+        The bundle is deleted and StorageError raised when the agreement is below 90 % or the
+        reloaded model's held-out accuracy differs from the one recorded in its metadata.
+        """
+        loaded = read_bundle(path)
+        restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict, loaded.references)
+        agreement = float((restored.predict(probe, per_row=True).labels == subgraph.predict(probe, per_row=True).labels).mean())
+        reloaded_accuracy = buffer_accuracy(restored, holdout)
+        if agreement < 0.9:
+            shutil.rmtree(path)
+            raise StorageError(
+                f"Quantized {domain!r} agrees with the hot copy on only {agreement:.0%} of the probe batch; "
+                f"it stays hot. Set cold_storage.quantization.per_domain.{domain}: fp16 in params.yaml."
+            )
+        if abs(reloaded_accuracy - accuracy_quantized) > 1e-9:
+            shutil.rmtree(path)
+            raise StorageError(
+                f"Bundle {path} of {domain!r} restores a model with held-out accuracy {reloaded_accuracy:.4f}, but "
+                f"{accuracy_quantized:.4f} was measured before writing; it stays hot. Check the disk, then freeze again."
+            )
+        return agreement
+
+    def _lifecycle_history(self, domain: str) -> list[dict[str, Any]]:
+        """Return every recorded change of ``domain``: table version, time, state, subgraph version, reason."""
+        return [
+            {"table_version": change["version"], "time": change["time"], "state": change["current"]["state"],
+             "version": change["current"]["version"], "reason": change["reason"]}
+            for change in self.controller.history(domain)
+            if change.get("current") is not None
+        ]
+
+    def remember(self, domain: str, *, recent: pd.DataFrame | None = None, version: str | None = None) -> RememberResult:
+        """Bring a cold domain back: restore a bundle, fine-tune it if needed, and pass the validation gate.
+
+        One process at a time restores a domain: a file lock per domain makes a second request
+        wait up to ``remembering.wait_timeout_s``. If the domain is hot when the wait ends, the
+        result reports it and nothing is restored twice. A failed gate rolls back: the domain stays
+        cold, its stored versions are unchanged, and the ``gate_failed`` event carries the
+        gate's numbers. Before a domain turns hot, other domains are frozen if the hot set would
+        exceed ``cold_storage.hot_budget_bytes``. Its last use is set to the restore time, so
+        the next sweep does not freeze it again at once.
+
+        Args:
+            domain: the domain to restore.
+            recent: the batch that requested the domain. It is checked against the domain's
+                data expectations and decides whether a fine-tune runs; it is quarantined
+                when the wait times out.
+            version: a stored bundle version such as ``"v0001"``, the only one tried. A hot
+                domain is frozen into a new version first, so rolling back loses nothing. If
+                the requested version then fails the gate, the domain stays cold until a
+                request restores its newest version. By default the domain's newest bundle is
+                restored, or the next older intact one when its files fail their hash checks.
+
+        Raises:
+            RememberTimeoutError: another process held the domain's lock for longer than
+                ``remembering.wait_timeout_s``; ``recent`` was quarantined.
+            StorageError: ``version`` is not a stored version of ``domain``.
+            IllegalTransitionError: the domain is retired or still training.
+        """
+        waited = self._acquire_remember_lock(domain, recent)
+        try:
+            return self._remember_locked(domain, recent, version, waited)
+        finally:
+            self._domain_lock(domain).release()
+
+    def _remember_locked(
+        self, domain: str, recent: pd.DataFrame | None, version: str | None, waited: float
+    ) -> RememberResult:
+        self.controller.reload()
+        record = self.controller.domain(domain)
+        if record.state == State.HOT.value and version is None:
+            return self._already_hot(domain, waited)
+        versions = self._versions_to_try(domain, record.cold_version, version)
+        if record.state == State.HOT.value:
+            self.freeze(domain, reason=f"replaced on request by bundle {version}")
+        elif record.state == State.REMEMBERING.value:
+            # This process holds the lock, so the one that set this state stopped before it finished.
+            self.controller.set_state(domain, State.COLD, reason="an earlier remembering was interrupted")
         record = self.controller.set_state(domain, State.REMEMBERING, reason="request for a cold domain")
-        self.events.emit("remembering", step=self.step, domain=domain, version=record.cold_version)
-        versions = [v.version for v in reversed(self.store.versions(domain))]
-        result = restore_and_gate(self.store, domain, versions, recent, self.params, events=self.events, step=self.step)
+        self.events.emit("remembering", step=self.step, domain=domain, version=versions[0] if versions else None,
+                         requested_version=version, waited_s=waited)
+
+        try:
+            result = restore_and_gate(self.store, domain, versions, recent, self.params, events=self.events,
+                                      step=self.step)
+        except Exception as exc:
+            self.controller.set_state(domain, State.COLD, reason=f"remembering failed: {exc}")
+            self.events.emit("remember_error", step=self.step, domain=domain, error=str(exc))
+            raise
+        result.waited_seconds = waited
         if not result.passed:
-            self.controller.set_state(domain, State.COLD, reason=f"validation gate failed: {result.reason}")
-            self.events.emit("gate_failed", step=self.step, domain=domain, **result.summary())
+            record = self.controller.set_state(domain, State.COLD, reason=f"validation gate failed: {result.reason}")
+            self.events.emit("gate_failed", step=self.step, domain=domain, rolled_back_to=record.cold_version,
+                             **result.summary())
             return result
-        version = record.version + (1 if result.finetuned else 0)
-        model_dir = self._save_hot_copy(result.subgraph, version=version)
-        self.controller.set_state(domain, State.HOT, reason=f"restored from {result.bundle_version}, gate passed",
-                                  version=version, model_dir=model_dir)
-        self._hot[domain] = result.subgraph
-        self._monitors.pop(domain, None)
+
+        self._make_room(domain, result.subgraph.fp32_bytes())
+        self._promote(domain, record, result)
         self.events.emit("gate_passed", step=self.step, domain=domain, **result.summary())
         return result
+
+    def _versions_to_try(self, domain: str, cold_version: str | None, version: str | None) -> list[str]:
+        """Return the bundle versions to restore from, in order: the requested one, or the domain's
+        newest version followed by the older ones."""
+        stored = self.store.version_names(domain)
+        if version is not None:
+            if version not in stored:
+                raise StorageError(
+                    f"Domain {domain!r} has no stored bundle version {version!r}; stored versions: "
+                    f"{stored or 'none'}. Pass one of them, e.g. `mycelium remember {domain} --version {(stored or ['v0001'])[-1]}`."
+                )
+            return [version]
+        newest_first = stored[::-1]
+        if cold_version in newest_first:
+            newest_first = newest_first[newest_first.index(cold_version):]
+        return newest_first
+
+    def _promote(self, domain: str, record: DomainRecord, result: RememberResult) -> None:
+        """Make the subgraph that passed the gate the domain's hot, served version."""
+        subgraph = result.subgraph
+        changed = result.finetuned or result.bundle_version != record.cold_version
+        version = record.version + (1 if changed else 0)
+        model_dir = self._save_hot_copy(subgraph, version=version)
+        tuned = "fine-tuned, " if result.finetuned else ""
+        self.controller.set_state(
+            domain, State.HOT, reason=f"restored from bundle {result.bundle_version}, {tuned}gate passed",
+            version=version, model_dir=model_dir, n_params=subgraph.n_parameters(), fp32_bytes=subgraph.fp32_bytes(),
+            patches=[f"patch-{depth}" for depth in range(1, subgraph.depth + 1)],
+            metrics={**record.metrics, "restore_seconds": result.restore_seconds},
+        )
+        self._hot[domain] = subgraph
+        self._hot_dirs[domain] = None
+        self._monitors.pop(domain, None)
+        self._performance.pop(domain, None)
+        self._drift_rows.pop(domain, None)
+        self._align_references(domain, subgraph.depth)
+        self.controller.record_use(domain, 0)
+        self.controller.flush_locality()
+
+    def _already_hot(self, domain: str, waited: float) -> RememberResult:
+        if waited > 0:
+            # Another process restored it while this one waited: read its hot copy from disk.
+            self._hot.pop(domain, None)
+            self._hot_dirs.pop(domain, None)
+        record = self.controller.domain(domain)
+        result = RememberResult(domain, True, f"{domain!r} is already hot at version {record.version}; nothing restored",
+                                waited_seconds=waited, subgraph=self.subgraph(domain))
+        self.events.emit("remember_skipped", step=self.step, domain=domain, reason=result.reason, waited_s=waited)
+        return result
+
+    def _domain_lock(self, domain: str) -> FileLock:
+        """Return the lock that ``remember`` and ``freeze`` hold for ``domain``, shared by every
+        call in this process, so that ``freeze`` can run inside ``remember``."""
+        folder = self.root / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(folder / f"{safe_name(domain)}.lock", is_singleton=True)
+
+    def _acquire_remember_lock(self, domain: str, recent: pd.DataFrame | None) -> float:
+        """Take ``domain``'s lock, waiting up to ``remembering.wait_timeout_s``; return the seconds waited.
+
+        On timeout ``recent`` is quarantined and RememberTimeoutError raised.
+        """
+        lock = self._domain_lock(domain)
+        try:
+            lock.acquire(timeout=0)
+            return 0.0
+        except Timeout:
+            pass
+        timeout = self.params.remembering.wait_timeout_s
+        record = self.controller.reload().domains.get(domain)
+        self.events.emit("remember_waiting", step=self.step, domain=domain, timeout_s=timeout,
+                         state=record.state if record else None)
+        started = time.perf_counter()
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            waited = time.perf_counter() - started
+            reason = f"timed out after {waited:.1f} s waiting for another process to finish remembering {domain!r}"
+            path = None
+            if recent is not None and len(recent):
+                path = str(quarantine_batch(recent, name=f"{safe_name(domain)}-step-{self.step:05d}", reason=reason,
+                                            quarantine_dir=self.params.paths.quarantine))
+            self.events.emit("remember_timeout", step=self.step, domain=domain, waited_s=waited, quarantine_path=path)
+            next_step = f"The batch is kept in {path}; send it again" if path else "Retry"
+            raise RememberTimeoutError(
+                f"Remembering {domain!r} {reason} (remembering.wait_timeout_s={timeout:g}). {next_step} once the domain "
+                f"is hot, or raise remembering.wait_timeout_s.",
+                quarantine_path=path,
+            ) from None
+        return time.perf_counter() - started
+
+    def _make_room(self, domain: str, incoming_bytes: int) -> list[Eviction]:
+        """Freeze other hot domains, as the sweep policy ranks them, until ``incoming_bytes`` more
+        fit in the hot budget. A domain whose lock another process holds stays hot."""
+        settings = self.params.cold_storage
+        candidates = self._sweep_candidates(exclude=domain)
+        budget = settings.hot_budget_bytes - incoming_bytes
+        if sum(c.hot_bytes for c in candidates) <= budget:
+            return []
+        frozen = []
+        for eviction in select_evictions(settings, candidates, now=self.clock(), budget_bytes=budget, evict_idle=False):
+            lock = self._domain_lock(eviction.domain)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                logger.warning("Failed to make room by freezing %s: another process has its lock, so it stays hot.",
+                               eviction.domain)
+                continue
+            reason = f"making room for {domain!r} ({incoming_bytes} bytes): {eviction.reason}"
+            try:
+                self.freeze(eviction.domain, reason=reason)
+                frozen.append(Eviction(eviction.domain, reason))
+            except (IllegalTransitionError, StorageError) as exc:
+                logger.warning("Failed to make room by freezing %s, so it stays hot: %s", eviction.domain, exc)
+            finally:
+                lock.release()
+        return frozen
+
+    def _align_references(self, domain: str, depth: int) -> None:
+        """Use the drift references of chain depths 0 to ``depth`` only.
+
+        After a roll back to a version with fewer patches, the references of the dropped
+        patches would hide drift that no patch serves any more. They move to ``beyond-depth/``
+        and come back when a version with that many patches is restored.
+        """
+        folder = self._folder("references", domain)
+        aside = folder / "beyond-depth"
+        for path in sorted(folder.glob("depth-*.parquet")):
+            if int(path.stem.split("-")[1]) > depth:
+                aside.mkdir(parents=True, exist_ok=True)
+                path.replace(aside / path.name)
+        for path in sorted(aside.glob("depth-*.parquet")):
+            # NOTE: references are kept per depth, not per bundle version, so after a roll back
+            # and a new patch at the same depth the newer reference wins over the set-aside one.
+            if int(path.stem.split("-")[1]) <= depth and not (folder / path.name).exists():
+                path.replace(folder / path.name)
 
     # Reservoir of recent labelled rows ---------------------------------------------------
 

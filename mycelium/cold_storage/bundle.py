@@ -24,8 +24,9 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,10 @@ BUFFER_FILE = "buffer.parquet"
 SMOTE_FILE = "smote.json"
 EXPECTATIONS_FILE = "expectations.json"
 METADATA_FILE = "metadata.json"
+REFERENCES_FILE = "references.safetensors"
 DATA_FILES = (WEIGHTS_FILE, MANIFEST_FILE, BUFFER_FILE, SMOTE_FILE, EXPECTATIONS_FILE)
+# Files a bundle has only when the writer passed them; metadata.json lists the ones present.
+OPTIONAL_FILES = (REFERENCES_FILE,)
 
 # Keys of metadata.json that write_bundle sets. A caller's value for one of them is replaced.
 RESERVED_METADATA_KEYS = frozenset(
@@ -93,15 +97,31 @@ class BundleInfo:
 
 @dataclass(frozen=True)
 class LoadedBundle:
-    """Contents of a verified bundle. ``state_dict`` is dequantized to the original dtypes."""
+    """Contents of a verified bundle. ``state_dict`` is dequantized to the original dtypes.
+
+    The mini-buffer's bytes were verified with the rest, but they are parsed into ``buffer``
+    on first access, because serving the restored model does not need them and parsing a wide
+    buffer takes longer than loading the weights.
+    """
 
     path: Path
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any]
-    buffer: pd.DataFrame
     smote: dict[str, Any]
     expectations: dict[str, Any]
     manifest: dict[str, Any]
+    buffer_bytes: bytes = field(repr=False)
+    # Unquantized tensors stored beside the weights, e.g. the subgraph's OOD references.
+    references: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def buffer(self) -> pd.DataFrame:
+        """The mini-buffer: feature columns and labels.
+
+        Raises:
+            IntegrityError: the verified Parquet bytes cannot be parsed.
+        """
+        return _parse(self.path, BUFFER_FILE, lambda data: pd.read_parquet(io.BytesIO(data)), self.buffer_bytes)
 
 
 def write_bundle(
@@ -114,6 +134,7 @@ def write_bundle(
     smote: Mapping[str, Any],
     expectations: Mapping[str, Any],
     max_relative_error: float = 0.02,
+    references: Mapping[str, torch.Tensor] | None = None,
 ) -> BundleInfo:
     """Quantize ``state_dict`` and write a complete bundle to ``directory`` atomically.
 
@@ -133,6 +154,8 @@ def write_bundle(
         smote: SMOTE settings, see ``smote.smote_settings``.
         expectations: the domain's data expectations, as JSON.
         max_relative_error: passed to ``quantize_state_dict``.
+        references: tensors stored exactly, not quantized, in ``references.safetensors``:
+            statistics such as a Mahalanobis precision matrix lose too much in INT8.
 
     Raises:
         StorageError: ``directory`` exists (versions are immutable) or writing failed.
@@ -160,6 +183,8 @@ def write_bundle(
         SMOTE_FILE: _json_bytes(smote, "smote"),
         EXPECTATIONS_FILE: _json_bytes(expectations, "expectations"),
     }
+    if references:
+        contents[REFERENCES_FILE] = safetensors.torch.save({k: v.contiguous() for k, v in references.items()})
     files = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in contents.items()}
 
     overridden = sorted(RESERVED_METADATA_KEYS & set(metadata))
@@ -227,7 +252,8 @@ def read_bundle(directory: Path) -> LoadedBundle:
     """Verify every file of a bundle against ``metadata.json``, then load it.
 
     Each file is read once into memory, its size and sha256 are checked, and only after
-    every file passed are they parsed, so a tampered or truncated file loads nothing.
+    every file passed are they parsed, so a tampered or truncated file loads nothing. The
+    mini-buffer is parsed when ``LoadedBundle.buffer`` is first read.
     Restoring the weights is lossy and logs one warning (see ``dequantize_state_dict``).
 
     Raises:
@@ -236,13 +262,10 @@ def read_bundle(directory: Path) -> LoadedBundle:
     """
     directory = Path(directory)
     metadata = _read_metadata(directory)
-    contents = {name: _read_verified(directory, name, metadata["files"][name]) for name in DATA_FILES}
+    contents = {name: _read_verified(directory, name, metadata["files"][name]) for name in _listed_files(metadata)}
 
     tensors = _parse(directory, WEIGHTS_FILE, safetensors.torch.load, contents[WEIGHTS_FILE])
     manifest = _parse(directory, MANIFEST_FILE, json.loads, contents[MANIFEST_FILE])
-    buffer = _parse(
-        directory, BUFFER_FILE, lambda data: pd.read_parquet(io.BytesIO(data)), contents[BUFFER_FILE]
-    )
     smote = _parse(directory, SMOTE_FILE, json.loads, contents[SMOTE_FILE])
     expectations = _parse(directory, EXPECTATIONS_FILE, json.loads, contents[EXPECTATIONS_FILE])
     state_dict = dequantize_state_dict(tensors, manifest)
@@ -251,10 +274,12 @@ def read_bundle(directory: Path) -> LoadedBundle:
         path=directory,
         state_dict=state_dict,
         metadata=metadata,
-        buffer=buffer,
         smote=smote,
         expectations=expectations,
         manifest=manifest,
+        buffer_bytes=contents[BUFFER_FILE],
+        references=(_parse(directory, REFERENCES_FILE, safetensors.torch.load, contents[REFERENCES_FILE])
+                    if REFERENCES_FILE in contents else {}),
     )
 
 
@@ -266,7 +291,7 @@ def verify_bundle(directory: Path) -> None:
     """
     directory = Path(directory)
     metadata = _read_metadata(directory)
-    for name in DATA_FILES:
+    for name in _listed_files(metadata):
         expected = metadata["files"][name]
         path = directory / name
         actual_size = _file_size(directory, name)
@@ -371,6 +396,10 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
         if not isinstance(entry, dict) or "sha256" not in entry or "bytes" not in entry:
             raise IntegrityError(f"{path} lists no sha256 and size for {name}: {_RESTORE_FIX}.")
     return metadata
+
+
+def _listed_files(metadata: dict[str, Any]) -> tuple[str, ...]:
+    return DATA_FILES + tuple(name for name in OPTIONAL_FILES if name in metadata["files"])
 
 
 def _file_size(directory: Path, name: str) -> int:

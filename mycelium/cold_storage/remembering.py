@@ -34,7 +34,18 @@ LABEL = "label"
 
 @dataclass
 class RememberResult:
-    """Outcome of one Remembering: the gate's numbers and, when it passed, the subgraph to serve."""
+    """Outcome of one Remembering: the gate's numbers and, when it passed, the subgraph to serve.
+
+    Accuracies are measured on the bundle's held-out buffer rows. ``recorded_accuracy`` is
+    the FP32 model's when it was frozen, ``restored_accuracy`` the dequantized model's and
+    ``finetuned_accuracy`` the fine-tuned copy's (None when no fine-tune ran).
+    ``gate_accuracy`` belongs to the model the gate judged last, which is served when
+    ``passed``. ``finetuned`` is True only when the served model is the fine-tuned one,
+    because a fine-tune that fails the gate falls back to the restored model, as
+    ``finetune_note`` records. ``restore_seconds`` covers checkout, hash checks,
+    dequantization and building the subgraph. ``waited_seconds`` is the time spent waiting
+    for another process that held the domain's lock.
+    """
 
     domain: str
     passed: bool
@@ -45,9 +56,11 @@ class RememberResult:
     finetune_note: str = ""
     recorded_accuracy: float | None = None
     restored_accuracy: float | None = None
+    finetuned_accuracy: float | None = None
     gate_accuracy: float | None = None
     expectations_passed: bool | None = None
     skipped_versions: list[str] = field(default_factory=list)
+    waited_seconds: float = 0.0
     subgraph: Subgraph | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -55,8 +68,11 @@ class RememberResult:
         return {k: v for k, v in self.__dict__.items() if k not in ("subgraph", "domain")}
 
 
-def _accuracy(subgraph: Subgraph, frame: pd.DataFrame) -> float:
-    # A buffer mixes the regimes of every chain depth, so each row picks its own depth.
+def buffer_accuracy(subgraph: Subgraph, frame: pd.DataFrame) -> float:
+    """Return the accuracy of ``subgraph`` on labelled buffer rows.
+
+    A buffer mixes the regimes of every chain depth, so each row is served by its own depth.
+    """
     return float((subgraph.predict(frame, per_row=True).labels == frame[LABEL].to_numpy()).mean())
 
 
@@ -106,8 +122,11 @@ def _finetune(subgraph: Subgraph, rows: pd.DataFrame, loaded: LoadedBundle, para
     """Fine-tune a copy at a low learning rate on buffer rows plus SMOTE rows.
 
     Only the newest patch trains when the domain has patches, else the expert; the original
-    stays untouched so the gate can compare the two.
+    stays untouched so the gate can compare the two. Returns (None, why) when no fine-tune ran.
     """
+    settings = params.remembering
+    if settings.finetune_steps == 0:
+        return None, "fine-tune disabled (remembering.finetune_steps is 0)"
     columns = list(subgraph.schema.columns)
     oversampled = oversample(rows[columns].to_numpy(dtype=float), rows[LABEL].to_numpy(), loaded.smote,
                              seed=params.seed)
@@ -119,12 +138,24 @@ def _finetune(subgraph: Subgraph, rows: pd.DataFrame, loaded: LoadedBundle, para
         parameter.requires_grad_(True)
     x = candidate.schema.transform(oversampled.X)
     y = torch.as_tensor(oversampled.y, dtype=torch.long)
-    settings = params.remembering
     fit(candidate.module, x, y, epochs=settings.finetune_steps, lr=settings.finetune_lr, batch_size=len(x),
         seed=params.seed, parameters=trainable.parameters())
     for parameter in candidate.expert.parameters():
         parameter.requires_grad_(False)
     return candidate, f"fine-tuned {settings.finetune_steps} steps on {len(x)} rows ({len(x) - len(rows)} from SMOTE)"
+
+
+def _gate_failures(accuracy: float, result: RememberResult, tolerance: float) -> list[str]:
+    """Return why a model with held-out ``accuracy`` fails the gate; empty when it passes."""
+    failures = []
+    if result.expectations_passed is False:
+        failures.append("recent inputs break the data expectations")
+    if not np.isfinite(accuracy) or accuracy < result.recorded_accuracy - tolerance:
+        failures.append(
+            f"held-out buffer accuracy {accuracy:.3f} is more than {tolerance:.3f} below "
+            f"the recorded {result.recorded_accuracy:.3f}"
+        )
+    return failures
 
 
 def restore_and_gate(
@@ -137,18 +168,24 @@ def restore_and_gate(
     events: EventLog | None = None,
     step: int = 0,
 ) -> RememberResult:
-    """Restore the newest intact bundle of ``domain`` and run the validation gate.
+    """Restore the first intact bundle of ``versions`` (newest first) and run the validation gate.
 
-    The gate passes when the recent inputs meet the bundle's data expectations, the accuracy
-    on the held-out buffer rows is at most ``remembering.gate_tolerance`` below the accuracy
-    recorded before the domain was frozen, and a fine-tune did not lower it further.
+    A version whose files fail their md5 or sha256 check, here and on the DVC remote, is
+    skipped with a ``bundle_rejected`` event, and the next one is tried.
+
+    The gate passes a model when the recent inputs meet the bundle's data expectations and
+    its accuracy on the held-out buffer rows is at most ``remembering.gate_tolerance`` below
+    the accuracy recorded before the domain was frozen. When the recent inputs moved away
+    from the buffer, a fine-tuned copy is judged first. It is rejected when it fails the gate
+    or lowers the restored model's accuracy by more than the tolerance (forgetting). The
+    restored model is then judged instead, and served if it passes.
     """
     started = time.perf_counter()
     try:
         version, loaded, skipped = _load_newest_intact(store, domain, versions, events, step)
     except StorageError as exc:
-        return RememberResult(domain, False, str(exc))
-    restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict)
+        return RememberResult(domain, False, str(exc), skipped_versions=list(versions))
+    restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict, loaded.references)
     restore_seconds = time.perf_counter() - started
     result = RememberResult(domain, False, "", version, restore_seconds, skipped_versions=skipped)
 
@@ -157,42 +194,49 @@ def restore_and_gate(
     holdout = buffer.iloc[holdout_rows]
     tune = buffer.drop(index=buffer.index[holdout_rows])
     result.recorded_accuracy = float(loaded.metadata["metrics"]["buffer_holdout_accuracy_fp32"])
-    result.restored_accuracy = _accuracy(restored, holdout)
+    result.restored_accuracy = buffer_accuracy(restored, holdout)
 
-    candidate = restored
+    tuned = None
     columns = list(restored.schema.columns)
-    if recent is not None:
-        report = validate_frame(recent, loaded.expectations, name=f"{domain}:recent")
-        result.expectations_passed = report.success
+    if recent is None:
+        result.finetune_note = "no recent inputs given; fine-tune skipped"
+    else:
+        result.expectations_passed = validate_frame(recent, loaded.expectations, name=f"{domain}:recent").success
+        result.finetune_note = "recent inputs break the data expectations; fine-tune skipped"
+    if result.expectations_passed:
         moved, why = _inputs_moved(tune, recent, params, columns)
         result.finetune_note = why
         if moved:
             tuned, note = _finetune(restored, tune, loaded, params)
             result.finetune_note = f"{why}; {note}"
-            if tuned is not None:
-                candidate, result.finetuned = tuned, True
-    else:
-        result.finetune_note = "no recent inputs given; fine-tune skipped"
 
-    result.gate_accuracy = _accuracy(candidate, holdout)
     tolerance = params.remembering.gate_tolerance
-    failures = []
-    if result.expectations_passed is False:
-        failures.append("recent inputs break the data expectations")
-    if result.gate_accuracy < result.recorded_accuracy - tolerance:
-        failures.append(
-            f"held-out buffer accuracy {result.gate_accuracy:.3f} is more than {tolerance:.3f} below "
-            f"the recorded {result.recorded_accuracy:.3f}"
-        )
-    if result.finetuned and result.gate_accuracy < result.restored_accuracy - tolerance:
-        failures.append(
-            f"fine-tuning lowered held-out accuracy from {result.restored_accuracy:.3f} to {result.gate_accuracy:.3f}"
-        )
-    result.passed = not failures
-    result.reason = "; ".join(failures) if failures else (
+    if tuned is not None:
+        result.finetuned_accuracy = result.gate_accuracy = buffer_accuracy(tuned, holdout)
+        failures = _gate_failures(result.finetuned_accuracy, result, tolerance)
+        if result.finetuned_accuracy < result.restored_accuracy - tolerance:
+            failures.append(
+                f"fine-tuning lowered held-out accuracy from {result.restored_accuracy:.3f} "
+                f"to {result.finetuned_accuracy:.3f}"
+            )
+        if not failures:
+            return _passed(result, tuned, finetuned=True, tolerance=tolerance)
+        result.finetune_note += f"; fine-tuned model rejected ({'; '.join(failures)})"
+        logger.warning("Remembering %s: fine-tuned model rejected, judging the restored one: %s", domain, failures)
+
+    result.gate_accuracy = result.restored_accuracy
+    failures = _gate_failures(result.restored_accuracy, result, tolerance)
+    if failures:
+        result.reason = "; ".join(failures)
+        return result
+    if tuned is not None:
+        result.finetune_note += "; serving the restored model"
+    return _passed(result, restored, finetuned=False, tolerance=tolerance)
+
+
+def _passed(result: RememberResult, subgraph: Subgraph, *, finetuned: bool, tolerance: float) -> RememberResult:
+    result.passed, result.finetuned, result.subgraph = True, finetuned, subgraph
+    result.reason = (
         f"accuracy {result.gate_accuracy:.3f} vs recorded {result.recorded_accuracy:.3f} (tolerance {tolerance})"
     )
-    result.subgraph = candidate if result.passed else None
-    if not np.isfinite(result.gate_accuracy):
-        result.passed, result.subgraph = False, None
     return result

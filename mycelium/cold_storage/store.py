@@ -144,7 +144,14 @@ class ColdStore:
         return sorted(found)
 
     def versions(self, domain: str) -> list[StoredVersion]:
-        """Return the stored versions of ``domain``, oldest first (empty if none)."""
+        """Return the stored versions of ``domain``, oldest first (empty if none).
+
+        Raises StorageError if a version's .dvc file is unreadable; ``version_names`` does not.
+        """
+        return [self._stored_version(domain, version) for version in self.version_names(domain)]
+
+    def version_names(self, domain: str) -> list[str]:
+        """Return the names of the stored versions of ``domain``, oldest first, without reading them."""
         folder = self.domain_dir(domain)
         if not folder.is_dir():
             return []
@@ -153,7 +160,7 @@ class ColdStore:
             match = _VERSION_PATTERN.match(dvc_file.stem)
             if match:
                 numbered.append((int(match.group(1)), dvc_file.stem))
-        return [self._stored_version(domain, version) for _, version in sorted(numbered)]
+        return [version for _, version in sorted(numbered)]
 
     def latest(self, domain: str) -> StoredVersion | None:
         """Return the newest stored version of ``domain``, or None if it has none."""
@@ -358,7 +365,7 @@ class ColdStore:
             md5 = content["outs"][0]["md5"]
         except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
             raise StorageError(
-                f"{dvc_file} of domain {domain!r} version {version} is unreadable ({exc!r}): "
+                f"{dvc_file} of domain {domain!r} version {version} is unreadable ({type(exc).__name__}: {exc}); "
                 "restore the file from a backup of the store root."
             ) from exc
         return StoredVersion(domain=domain, version=version, path=path, dvc_file=dvc_file, md5=md5)

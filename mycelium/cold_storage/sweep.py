@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SweepCandidate:
-    """A hot domain with the locality facts the sweep policy reads."""
+    """A hot domain with the locality facts the sweep policy reads.
+
+    ``activity`` is the use count decayed up to ``last_used`` (see ``routing.controller.
+    Locality``). ``reload_seconds`` is the measured time of the domain's last restore, or
+    None when it was never restored.
+    """
 
     domain: str
     last_used: float | None
@@ -15,6 +20,7 @@ class SweepCandidate:
     activity: float
     hot_bytes: int
     pinned: bool = False
+    reload_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 
 class DriftStatus(str, enum.Enum):
@@ -39,3 +39,16 @@ class DriftDetector(abc.ABC):
     def reset(self) -> None:
         """Forget every observation and clear the alarm."""
         self._drift_detected = False
+
+
+class WindowResult(Protocol):
+    """The outcome of one tested window, as a window monitor reads it."""
+
+    @property
+    def status(self) -> DriftStatus: ...
+
+
+class WindowTest(Protocol):
+    """A two-sample test of a window against a reference, such as `FeatureDriftTest` or `MMDDriftTest`."""
+
+    def test(self, window: Any) -> WindowResult: ...

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from mycelium.drift.base import DriftDetector, DriftStatus
+from mycelium.drift.base import DriftDetector, DriftStatus, WindowResult, WindowTest
 from mycelium.errors import ConfigError, DataValidationError, EmptyDataError
 
 PSEUDO_COUNT = 0.5
@@ -435,10 +435,10 @@ class DriftMonitor(DriftDetector):
     """Persistence over windows: an alarm after `persistence` consecutive drifting windows.
 
     A window with insufficient data neither counts nor breaks the run; a stable window
-    breaks it.
+    breaks it. `test` is any window test, such as `FeatureDriftTest` or `MMDDriftTest`.
     """
 
-    def __init__(self, test: FeatureDriftTest, persistence: int = 2) -> None:
+    def __init__(self, test: WindowTest, persistence: int = 2) -> None:
         super().__init__()
         _check_int("persistence", persistence, minimum=1)
         self.test = test
@@ -448,7 +448,7 @@ class DriftMonitor(DriftDetector):
     def reset(self) -> None:
         super().reset()
         self.consecutive_drift_windows = 0
-        self.last_result: FeatureDriftResult | None = None
+        self.last_result: WindowResult | None = None
 
     def update(self, x: np.ndarray) -> None:
         """Test one window and update the run of drifting windows."""

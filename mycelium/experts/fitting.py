@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from mycelium.config import ExpertTraining
+from mycelium.drift.combined_ood import fit_domain_check
 from mycelium.drift.ood import MahalanobisOOD
 from mycelium.errors import EmptyDataError
 from mycelium.experts.base import InputSchema, build_expert
@@ -79,11 +80,14 @@ def train_expert(
     y_holdout = torch.as_tensor(holdout[LABEL].to_numpy(), dtype=torch.long)
     holdout_accuracy = accuracy(predict_logits(expert, x_holdout).argmax(1), y_holdout)
     with torch.no_grad():
+        holdout_features = expert.features(x_holdout).numpy().astype(np.float64)
         reference = MahalanobisOOD(min_tail_samples=min_tail_samples).fit(
-            expert.features(x_train).numpy().astype(np.float64),
-            expert.features(x_holdout).numpy().astype(np.float64),
-            target_fpr=target_fpr,
+            expert.features(x_train).numpy().astype(np.float64), holdout_features, target_fpr=target_fpr
         )
+    if image_shape is not None:
+        # A CNN's feature space can map noise close to the training images; raw-input scores catch it.
+        reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
+                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed)
     info = {
         "holdout_accuracy": holdout_accuracy,
         "train_samples": len(train),

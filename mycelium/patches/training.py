@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from mycelium.config import Patch
+from mycelium.drift.combined_ood import fit_domain_check
 from mycelium.drift.ood import MahalanobisOOD
 from mycelium.errors import EmptyDataError, IntegrityError
 from mycelium.experts.training import accuracy, fit, predict_logits
@@ -80,9 +81,13 @@ def train_patch(
             "its parameters must have requires_grad=False."
         )
 
+    holdout_features = subgraph.base_features(x_holdout)
     reference = MahalanobisOOD(min_tail_samples=min_tail_samples).fit(
-        subgraph.base_features(x_train), subgraph.base_features(x_holdout), target_fpr=target_fpr
+        subgraph.base_features(x_train), holdout_features, target_fpr=target_fpr
     )
+    if subgraph.schema.image_shape is not None:
+        reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
+                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed)
     patched = Subgraph(
         subgraph.domain,
         subgraph.schema,

@@ -2,9 +2,10 @@
 
 from mycelium.routing.controller import DomainRecord, Locality, MetaController, RoutingTable
 from mycelium.routing.lifecycle import LEGAL_TRANSITIONS, State, check_transition
+from mycelium.routing.resolution import RouteDecision, TagMatch, decide_route
 from mycelium.routing.tags import normalize_tag, safe_name, tag_ancestors
 
 __all__ = [
-    "DomainRecord", "LEGAL_TRANSITIONS", "Locality", "MetaController", "RoutingTable", "State",
-    "check_transition", "normalize_tag", "safe_name", "tag_ancestors",
+    "DomainRecord", "LEGAL_TRANSITIONS", "Locality", "MetaController", "RouteDecision", "RoutingTable", "State",
+    "TagMatch", "check_transition", "decide_route", "normalize_tag", "safe_name", "tag_ancestors",
 ]

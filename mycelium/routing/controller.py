@@ -1,111 +1,66 @@
 """The meta controller: a persistent, versioned mapping from tags to domains and their subgraphs.
 
 It is not a network. Adding an expert or a patch is a mapping update recorded in the history,
-so the table of any past version can be rebuilt and any change explained.
+so the table of any past version can be rebuilt, shown, restored, and any change explained.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
-from mycelium.errors import RoutingError
+from mycelium.errors import IllegalTransitionError, RoutingError, StorageError
+from mycelium.routing.history import (
+    ALIAS,
+    DOMAIN,
+    RESTORE,
+    apply_entry,
+    entries_of_domain,
+    entry_kind,
+    read_entries,
+    replay,
+)
 from mycelium.routing.lifecycle import State, check_transition
-from mycelium.routing.tags import normalize_tag, tag_ancestors
+from mycelium.routing.resolution import RouteDecision, decide_route, preview
+from mycelium.routing.table import DomainRecord, Locality, RoutingTable, dumps
+from mycelium.routing.tags import normalize_tag
 
 logger = logging.getLogger(__name__)
 
 TABLE_FILE = "routing_table.json"
 HISTORY_FILE = "routing_history.jsonl"
+# Routing decisions kept per input tag (or tuple of tags) until the table changes; the cache is
+# emptied when it reaches this size.
+DECISION_CACHE_SIZE = 65_536
+# A random token that every writer replaces, under the lock, before it replaces the table
+# file. While the token is still the one a writer wrote or read, no other writer has written
+# since, so that writer builds on its cached table instead of parsing the file again.
+STAMP_FILE = "routing_table.stamp"
 
-
-@dataclass
-class Locality:
-    """Temporal locality of one domain, read by the cold-storage sweep."""
-
-    last_used: float | None = None
-    uses: int = 0
-    # Exponentially decayed count of inputs, with the controller's half-life.
-    activity: float = 0.0
-
-    def touch(self, now: float, count: int, half_life_s: float) -> None:
-        if self.last_used is not None and now > self.last_used:
-            self.activity *= math.pow(0.5, (now - self.last_used) / half_life_s)
-        self.activity += count
-        self.uses += count
-        self.last_used = now if self.last_used is None else max(self.last_used, now)
-
-
-@dataclass
-class DomainRecord:
-    """One domain: its tags, lifecycle state, subgraph version and where its weights are."""
-
-    name: str
-    tags: list[str]
-    state: str = State.TRAINING.value
-    version: int = 0
-    architecture: str = ""
-    n_params: int = 0
-    fp32_bytes: int = 0
-    # Folder of the hot copy, relative to the controller's folder; None while cold.
-    model_dir: str | None = None
-    # Name of the newest cold-storage bundle version, e.g. "v0002".
-    cold_version: str | None = None
-    patches: list[str] = field(default_factory=list)
-    # Input columns of the expert, for matching untagged batches without loading weights.
-    columns: list[str] = field(default_factory=list)
-    pinned: bool = False
-    successor: str | None = None
-    locality: Locality = field(default_factory=Locality)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DomainRecord":
-        values = dict(data)
-        values["locality"] = Locality(**values.get("locality", {}))
-        return cls(**values)
-
-
-@dataclass
-class RoutingTable:
-    """Every domain by name, the tag index, and the table version (one per recorded change)."""
-
-    version: int = 0
-    domains: dict[str, DomainRecord] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "domains": {name: asdict(record) for name, record in sorted(self.domains.items())},
-            "tags": dict(sorted(self.tags.items())),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RoutingTable":
-        return cls(
-            version=int(data["version"]),
-            domains={name: DomainRecord.from_dict(value) for name, value in data["domains"].items()},
-            tags=dict(data["tags"]),
-        )
+__all__ = [
+    "HISTORY_FILE", "STAMP_FILE", "TABLE_FILE", "DomainRecord", "Locality", "MetaController", "RoutingTable",
+]
 
 
 class MetaController:
     """Reads and changes the routing table in ``directory``.
 
-    Writers take a file lock, reload the newest table, apply their change and replace the
+    Writers take a file lock, start from the newest table, apply their change and replace the
     file atomically, so concurrent flows never lose an update and readers never see a
     half-written table. Use counts are kept in memory and written by ``flush_locality``.
+
+    The table is read once and cached. Records returned by ``table``, ``domain`` and
+    ``resolve`` are the cached objects: change them through ``update``, never in place,
+    because a later write of this controller saves its cached table.
     """
 
     def __init__(
@@ -121,25 +76,39 @@ class MetaController:
         self.activity_half_life_s = activity_half_life_s
         self._lock = FileLock(str(self.directory / (TABLE_FILE + ".lock")), timeout=60)
         self._table: RoutingTable | None = None
+        # The stamp token of the file that self._table was read from or written to, if known.
+        self._stamp: str | None = None
         self._pending_uses: dict[str, list[tuple[float, int]]] = {}
+        self._decisions: dict[str | tuple[str, ...], RouteDecision] = {}
 
     # Reading ---------------------------------------------------------------------------
 
     @property
     def table(self) -> RoutingTable:
         if self._table is None:
+            self._decisions.clear()
             self._table = self._read()
         return self._table
 
     def reload(self) -> RoutingTable:
+        self._decisions.clear()
         self._table = self._read()
+        self._stamp = None
         return self._table
 
     def _read(self) -> RoutingTable:
         path = self.directory / TABLE_FILE
+        repair = (f"Rebuild it from {HISTORY_FILE} with MetaController({str(self.directory)!r})"
+                  ".repair_from_history(), or restore the file from a backup.")
         if not path.exists():
+            history = self.directory / HISTORY_FILE
+            if history.exists() and history.stat().st_size > 0:
+                raise StorageError(f"Routing table {path} is missing, but its history is not empty. {repair}")
             return RoutingTable()
-        return RoutingTable.from_dict(json.loads(path.read_text()))
+        try:
+            return RoutingTable.from_json(path.read_bytes())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StorageError(f"Routing table {path} is not a valid table file ({exc!r}). {repair}") from exc
 
     def domain(self, name: str) -> DomainRecord:
         """Return the record of domain ``name``, or raise RoutingError listing known domains."""
@@ -147,88 +116,215 @@ class MetaController:
             return self.table.domains[name]
         except KeyError:
             raise RoutingError(
-                f"Unknown domain {name!r}; known domains: {sorted(self.table.domains) or 'none'}. "
+                f"Unknown domain {name!r}; known domains: {preview(self.table.domains)}. "
                 "Register it first or check the name."
             ) from None
 
-    def resolve(self, tag: str) -> DomainRecord:
-        """Return the domain of the most specific registered ancestor of ``tag``.
+    def resolve(self, tags: str | Sequence[str]) -> DomainRecord:
+        """Return the domain that serves an input carrying ``tags`` (one tag or several).
 
-        ``vision/digits/uci`` falls back to ``vision/digits`` and then ``vision``. A retired
-        domain is an error that names its successor when it has one.
+        ``vision/digits/uci`` falls back to ``vision/digits`` and then ``vision``. With
+        several tags the most specific registered match wins, and a tie between two domains
+        is an error. ``mycelium.routing.resolution`` states the full rules. A retired domain
+        is an error that names its successor when it has one.
         """
-        for candidate in tag_ancestors(tag):
-            name = self.table.tags.get(candidate)
-            if name is None:
-                continue
-            record = self.table.domains[name]
-            if record.state == State.RETIRED.value:
-                hint = f"use {record.successor!r} instead" if record.successor else "register a new domain for it"
-                raise RoutingError(f"Tag {tag!r} maps to retired domain {name!r}; {hint}.")
-            return record
-        raise RoutingError(
-            f"No domain is registered for tag {tag!r} or its parents; registered tags: "
-            f"{sorted(self.table.tags) or 'none'}. Send it untagged to route by domain inference."
-        )
+        return self.explain(tags).record
+
+    def explain(self, tags: str | Sequence[str]) -> RouteDecision:
+        """Return the routing decision for ``tags`` with the tag, alias and registered tag used.
+
+        Decisions are cached per input until this controller's table changes, so a repeated
+        tag costs one dict lookup however many domains are registered.
+        """
+        key = tags if isinstance(tags, str) else tuple(tags)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = decide_route(self.table, tags)
+            if len(self._decisions) >= DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
     def history(self, domain: str | None = None) -> list[dict[str, Any]]:
-        """Return recorded changes, oldest first, optionally only those of ``domain``."""
+        """Return recorded changes, oldest first.
+
+        Without ``domain`` every entry is returned as stored (``mycelium.routing.history``
+        lists the kinds). With ``domain`` only the changes of that domain's record are
+        returned, each with ``domain``, ``previous`` and ``current``. A restore entry is
+        narrowed to the change of that domain.
+        """
         path = self.directory / HISTORY_FILE
-        if not path.exists():
-            return []
-        changes = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [c for c in changes if domain is None or c["domain"] == domain]
+        if domain is None:
+            return read_entries(path)
+        # Every line that names the domain contains its JSON string, so other lines are skipped
+        # unparsed. Older lines escaped non-ASCII characters, so such names are not prefiltered.
+        needle = dumps(domain).decode()[1:-1] if domain.isascii() else None
+        return entries_of_domain(read_entries(path, containing=needle), domain)
 
     def table_at(self, version: int) -> RoutingTable:
-        """Rebuild the table as it was right after change ``version``."""
-        table = RoutingTable()
-        for change in self.history():
-            if change["version"] > version:
-                break
-            _apply_change(table, change)
-        return table
+        """Rebuild the table as it was right after change ``version`` (0: the empty table).
+
+        Locality is written without a history entry, so a rebuilt record carries the
+        locality of its last recorded change, not of its last flush.
+        """
+        return replay(self.history(), until_version=version)
+
+    def version_at_time(self, timestamp: float) -> int:
+        """Return the newest table version recorded at or before ``timestamp`` (0 if none).
+
+        Times come from the controller's clock. A clock that went backwards between two
+        changes makes the result the newest such version, not the latest in time.
+        """
+        return max((e["version"] for e in self.history() if e["time"] <= timestamp), default=0)
+
+    def table_at_time(self, timestamp: float) -> RoutingTable:
+        """Rebuild the table as it was at ``timestamp``: after every change recorded by then."""
+        entries = self.history()
+        version = max((e["version"] for e in entries if e["time"] <= timestamp), default=0)
+        return replay(entries, until_version=version)
 
     # Writing ---------------------------------------------------------------------------
 
     def register(self, record: DomainRecord, *, reason: str) -> DomainRecord:
-        """Add a new domain with its tags; every tag must be free."""
+        """Add a new domain with its tags; every tag must be free and not an alias."""
         record.tags = [normalize_tag(t) for t in record.tags]
 
-        def change(table: RoutingTable) -> DomainRecord:
+        def change(table: RoutingTable) -> dict[str, Any]:
             if record.name in table.domains:
                 raise RoutingError(f"Domain {record.name!r} already exists; update it instead of registering.")
-            for tag in record.tags:
-                if tag in table.tags:
-                    raise RoutingError(
-                        f"Tag {tag!r} already belongs to domain {table.tags[tag]!r}; choose another tag."
-                    )
-            return record
+            _check_tags_free(table, record.name, record.tags)
+            return {"domain": record.name, "previous": None, "current": asdict(record)}
 
-        return self._commit(record.name, change, reason)
+        return self._commit_domain(record.name, change, reason)
 
     def update(self, name: str, *, reason: str, **changes: Any) -> DomainRecord:
-        """Change fields of domain ``name``; a ``state`` change must be a legal transition."""
+        """Change fields of domain ``name``.
 
-        def change(table: RoutingTable) -> DomainRecord:
+        A ``state`` change must be a legal transition. New ``tags`` must be free, and a tag
+        that an alias points to cannot be dropped while the alias exists.
+        """
+        if "tags" in changes:
+            changes["tags"] = [normalize_tag(t) for t in changes["tags"]]
+
+        def change(table: RoutingTable) -> dict[str, Any]:
             if name not in table.domains:
                 raise RoutingError(f"Unknown domain {name!r}; register it before updating it.")
             current = table.domains[name]
             if "state" in changes:
                 changes["state"] = check_transition(name, current.state, changes["state"]).value
             if "tags" in changes:
-                changes["tags"] = [normalize_tag(t) for t in changes["tags"]]
-                taken = {t: table.tags[t] for t in changes["tags"] if table.tags.get(t, name) != name}
-                if taken:
-                    raise RoutingError(
-                        f"Tags {taken} already belong to other domains; choose other tags for {name!r}."
-                    )
-            return replace(current, **changes)
+                _check_tags_free(table, name, changes["tags"])
+                _check_aliases_kept(table, name, changes["tags"])
+            return {"domain": name, "previous": asdict(current), "current": asdict(replace(current, **changes))}
 
-        return self._commit(name, change, reason)
+        return self._commit_domain(name, change, reason)
 
     def set_state(self, name: str, state: State | str, *, reason: str, **changes: Any) -> DomainRecord:
         """Move domain ``name`` to ``state``, checked against the lifecycle's legal transitions."""
         return self.update(name, reason=reason, state=State(state).value, **changes)
+
+    def add_alias(self, alias: str, canonical: str, *, reason: str) -> None:
+        """Make tag ``alias`` (and its children) route as the registered tag ``canonical``.
+
+        ``images/digits/uci`` then routes as ``vision/digits/uci`` when ``images/digits`` is
+        an alias of ``vision/digits``. Pointing an existing alias elsewhere is a recorded
+        change too.
+        """
+        alias, canonical = normalize_tag(alias), normalize_tag(canonical)
+
+        def change(table: RoutingTable) -> dict[str, Any] | None:
+            if alias in table.tags:
+                raise RoutingError(
+                    f"{alias!r} is a registered tag of domain {table.tags[alias]!r}, so it cannot be an alias; "
+                    "choose another alias."
+                )
+            if canonical not in table.tags:
+                hint = f" It is itself an alias of {table.aliases[canonical]!r}; use that tag." if canonical in table.aliases else ""
+                raise RoutingError(
+                    f"Alias {alias!r} must point at a registered tag, and {canonical!r} is not one.{hint} "
+                    f"Registered tags: {preview(table.tags)}."
+                )
+            previous = table.aliases.get(alias)
+            if previous == canonical:
+                return None
+            return {"kind": ALIAS, "alias": alias, "previous": previous, "current": canonical,
+                    "target_domain": table.tags[canonical]}
+
+        self._commit(change, reason)
+
+    def remove_alias(self, alias: str, *, reason: str) -> None:
+        """Remove alias ``alias``; inputs tagged with it then route by their own tag."""
+        alias = normalize_tag(alias)
+
+        def change(table: RoutingTable) -> dict[str, Any]:
+            if alias not in table.aliases:
+                raise RoutingError(f"{alias!r} is not an alias; aliases: {preview(table.aliases)}.")
+            previous = table.aliases[alias]
+            return {"kind": ALIAS, "alias": alias, "previous": previous, "current": None,
+                    "target_domain": table.tags.get(previous)}
+
+        self._commit(change, reason)
+
+    def restore(self, version: int, reason: str, *, domain: str | None = None) -> RoutingTable:
+        """Write the table of ``version`` again as a new version; the history is only appended to.
+
+        Every domain record and the alias table become what they were right after change
+        ``version``, except that each domain keeps its current locality (last use, use
+        count, activity). A domain registered after ``version`` leaves the table, but its
+        history stays, so restoring a later version brings it back. With ``domain`` only
+        that domain's record is restored and the rest of the table is left as it is.
+
+        Raises:
+            RoutingError: ``version`` is not a recorded version, ``domain`` did not exist at
+                ``version``, or a restored tag now belongs to another domain.
+            IllegalTransitionError: a restored state cannot follow the current one, for
+                example ``hot`` while the domain is ``cold``: remember it first.
+        """
+
+        def change(table: RoutingTable) -> dict[str, Any]:
+            if not isinstance(version, int) or not 0 <= version <= table.version:
+                raise RoutingError(
+                    f"Table version {version!r} does not exist; recorded versions are 0 to {table.version}. "
+                    "List them with `mycelium history DOMAIN`."
+                )
+            entries = self.history()
+            past = replay(entries, until_version=version)
+            if domain is None:
+                names = _domains_changed_after(entries, version)
+            elif domain not in past.domains:
+                raise RoutingError(
+                    f"Domain {domain!r} did not exist at table version {version}; choose a version at or "
+                    "after its registration (see `mycelium history DOMAIN`)."
+                )
+            else:
+                names = [domain]
+            changes = [c for name in names if (c := _restore_change(table, past, name, version)) is not None]
+            aliases = dict(past.aliases) if domain is None else dict(table.aliases)
+            if domain is not None:
+                restored = past.domains[domain]
+                _check_tags_free(table, domain, restored.tags)
+                _check_aliases_kept(table, domain, restored.tags)
+            removed = [c["domain"] for c in changes if c["current"] is None]
+            if removed:
+                logger.warning("Restoring table v%d removes domains registered later: %s", version, removed)
+            return {"kind": RESTORE, "restored_version": version, "scope": domain or "table",
+                    "changes": changes, "aliases": {"previous": dict(table.aliases), "current": aliases}}
+
+        return self._commit(change, reason)
+
+    def repair_from_history(self) -> RoutingTable:
+        """Rewrite a missing or corrupt table file as the table of the newest recorded version.
+
+        Nothing is added to the history. Each record gets the locality of its last recorded
+        change, because locality flushes are not in the history.
+        """
+        with self._lock:
+            self._forget_cache()
+            entries = self.history()
+            table = replay(entries, until_version=entries[-1]["version"] if entries else 0)
+            self._write(table)
+        logger.warning("Routing table rebuilt from %d history entries at version %d.", len(entries), table.version)
+        return table
 
     def record_use(self, name: str, count: int = 1, now: float | None = None) -> None:
         """Note that ``count`` inputs went to ``name``; kept in memory until flush_locality."""
@@ -240,57 +336,144 @@ class MetaController:
             return
         pending, self._pending_uses = self._pending_uses, {}
         with self._lock:
-            table = self._read()
-            for name, uses in pending.items():
-                record = table.domains.get(name)
-                if record is None:
-                    continue
-                for now, count in uses:
-                    record.locality.touch(now, count, self.activity_half_life_s)
-            self._write(table)
-            self._table = table
+            try:
+                table = self._locked_table()
+                for name, uses in pending.items():
+                    if name not in table.domains:
+                        continue
+                    # A new record, so records handed out earlier stay as they were.
+                    record = table.domains[name]
+                    locality = replace(record.locality)
+                    for now, count in uses:
+                        locality.touch(now, count, self.activity_half_life_s)
+                    table.domains[name] = replace(record, locality=locality)
+                self._write(table)
+            except BaseException:
+                self._forget_cache()
+                raise
 
-    def _commit(self, name: str, change: Callable[[RoutingTable], DomainRecord], reason: str) -> DomainRecord:
+    def _commit_domain(self, name: str, change: Callable[[RoutingTable], dict[str, Any]], reason: str) -> DomainRecord:
+        table = self._commit(change, reason)
+        return table.domains[name]
+
+    def _commit(self, change: Callable[[RoutingTable], dict[str, Any] | None], reason: str) -> RoutingTable:
+        """Apply one recorded change under the lock: ``change`` returns the entry's body, or
+        None when there is nothing to change."""
         self.flush_locality()
         with self._lock:
-            table = self._read()
-            previous = table.domains.get(name)
-            record = change(table)
-            table.version += 1
-            entry = {
-                "version": table.version,
-                "time": self.clock(),
-                "domain": name,
-                "reason": reason,
-                "previous": asdict(previous) if previous else None,
-                "current": asdict(record),
-            }
-            _apply_change(table, entry)
-            self._write(table)
-            with open(self.directory / HISTORY_FILE, "a", encoding="utf-8") as history:
-                history.write(json.dumps(entry) + "\n")
-            self._table = table
-        logger.info("Routing table v%d: %s (%s)", table.version, name, reason)
-        return record
+            try:
+                table = self._locked_table()
+                body = change(table)
+                if body is None:
+                    return table
+                entry = {"version": table.version + 1, "time": self.clock(), **body, "reason": reason}
+                apply_entry(table, entry)
+                self._write(table)
+                with open(self.directory / HISTORY_FILE, "ab") as history:
+                    history.write(dumps(entry) + b"\n")
+            except BaseException:
+                self._forget_cache()
+                raise
+        logger.info("Routing table v%d: %s (%s)", table.version, _subject(entry), reason)
+        return table
+
+    def _locked_table(self) -> RoutingTable:
+        """Return the newest table. Call it with the lock held."""
+        stamp_path = self.directory / STAMP_FILE
+        stamp = stamp_path.read_text() if stamp_path.exists() else None
+        if self._table is None or stamp is None or stamp != self._stamp:
+            self._decisions.clear()
+            self._table = self._read()
+            self._stamp = stamp
+        return self._table
+
+    def _forget_cache(self) -> None:
+        self._decisions.clear()
+        self._table = None
+        self._stamp = None
 
     def _write(self, table: RoutingTable) -> None:
+        # The stamp changes first: a crash between the two writes leaves a new stamp beside
+        # the old table, which makes every other writer read the file again.
+        stamp = uuid.uuid4().hex
+        (self.directory / STAMP_FILE).write_text(stamp)
         handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".table-", suffix=".json")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(table.to_dict(), stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.directory / TABLE_FILE)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(table.to_json())
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.directory / TABLE_FILE)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        self._decisions.clear()
+        self._table = table
+        self._stamp = stamp
 
 
-def _apply_change(table: RoutingTable, change: dict[str, Any]) -> None:
-    """Apply one history entry: replace the domain record and re-index its tags."""
-    name = change["domain"]
-    previous = change.get("previous")
-    if previous:
-        for tag in previous["tags"]:
-            table.tags.pop(tag, None)
-    record = DomainRecord.from_dict(change["current"])
-    table.domains[name] = record
-    for tag in record.tags:
-        table.tags[tag] = name
-    table.version = change["version"]
+def _check_tags_free(table: RoutingTable, name: str, tags: list[str]) -> None:
+    for tag in tags:
+        owner = table.tags.get(tag)
+        if owner is not None and owner != name:
+            raise RoutingError(f"Tag {tag!r} already belongs to domain {owner!r}; choose another tag.")
+        if tag in table.aliases:
+            raise RoutingError(
+                f"Tag {tag!r} is an alias of {table.aliases[tag]!r}; choose another tag or remove the alias first."
+            )
+
+
+def _check_aliases_kept(table: RoutingTable, name: str, tags: list[str]) -> None:
+    """Raise if domain ``name`` would drop a tag that an alias points to."""
+    if name not in table.domains:
+        return
+    dropped = set(table.domains[name].tags) - set(tags)
+    for alias, canonical in table.aliases.items():
+        if canonical in dropped:
+            raise RoutingError(
+                f"Domain {name!r} would drop tag {canonical!r}, which alias {alias!r} points to; "
+                f"remove or repoint the alias first."
+            )
+
+
+def _domains_changed_after(entries: list[dict[str, Any]], version: int) -> list[str]:
+    names: set[str] = set()
+    for entry in entries:
+        if entry["version"] <= version:
+            continue
+        kind = entry_kind(entry)
+        if kind == DOMAIN:
+            names.add(entry["domain"])
+        elif kind == RESTORE:
+            names.update(change["domain"] for change in entry["changes"])
+    return sorted(names)
+
+
+def _restore_change(table: RoutingTable, past: RoutingTable, name: str, version: int) -> dict[str, Any] | None:
+    """Return the change that gives ``name`` its record of ``past``, or None if it has it already."""
+    now = table.domains.get(name)
+    then = past.domains.get(name)
+    if then is None:
+        return None if now is None else {"domain": name, "previous": asdict(now), "current": None}
+    if now is not None:
+        then = replace(then, locality=replace(now.locality))
+        if now.state != then.state:
+            try:
+                check_transition(name, now.state, then.state)
+            except IllegalTransitionError as exc:
+                raise IllegalTransitionError(
+                    f"Cannot restore table version {version}: {exc} Bring the domain to {then.state!r} "
+                    "first, or restore a version in which it was already in a state it can reach."
+                ) from exc
+    current = asdict(then)
+    previous = asdict(now) if now is not None else None
+    return None if current == previous else {"domain": name, "previous": previous, "current": current}
+
+
+def _subject(entry: dict[str, Any]) -> str:
+    kind = entry_kind(entry)
+    if kind == ALIAS:
+        return f"alias {entry['alias']} -> {entry['current']}"
+    if kind == RESTORE:
+        return f"restored v{entry['restored_version']} ({len(entry['changes'])} domains changed)"
+    return str(entry["domain"])

@@ -270,3 +270,23 @@ class TestHashing:
 
         assert sha256_state_dict({"w": weight.t()}) == sha256_state_dict({"w": weight.t().contiguous()})
         assert len(sha256_state_dict({"w": weight.to(torch.bfloat16)})) == 64
+
+
+def test_references_stored_exactly(tmp_path):
+    references = {"0.mean": torch.randn(8, dtype=torch.float64), "0.precision": torch.randn(8, 8, dtype=torch.float64)}
+    write_bundle(
+        tmp_path / "v0001",
+        state_dict={"w": torch.randn(16, 8)},
+        mode="int8",
+        metadata={"domain": "d"},
+        buffer=pd.DataFrame({"x": [1.0, 2.0], "label": [0, 1]}),
+        smote={},
+        expectations={},
+        references=references,
+    )
+
+    loaded = read_bundle(tmp_path / "v0001")
+
+    assert set(loaded.references) == set(references)
+    for name, tensor in references.items():
+        assert torch.equal(loaded.references[name], tensor)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
-COPIED = ["dvc.yaml", "flows", "mycelium", ".dvcignore", ".dvc/config", ".dvc/.gitignore"]
+COPIED = ["dvc.yaml", "flows", "mycelium", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", "data/.gitignore"]
 
 # Fewer batches and epochs than params.yaml; the data sets and every stage are the same.
 REDUCED = {
@@ -141,7 +141,7 @@ class TestPipeline:
         assert 500 <= swept[0]["buffer_rows"] <= 1000
         dvc_file = Path(swept[0]["dvc_file"])
         assert dvc_file.exists()
-        remote = pipeline_run / "storage/remote"
+        remote = pipeline_run / "storage/cold-remote"
         assert any(p.is_file() for p in remote.rglob("*")), "nothing was pushed to the DVC remote"
         change = metrics["domains"]["tabular/segments"]["restore_accuracy_change"]["segments"]
         assert abs(change) <= 0.01

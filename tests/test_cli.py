@@ -1,0 +1,288 @@
+"""The `mycelium` command on a real deployment in tmp_path: help, route, rollback, train-patch, errors."""
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mycelium.cli import main
+from mycelium.config import load_params
+from mycelium.routing.tags import safe_name
+from mycelium.system import Mycelium
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = "vision/digits"
+FIRST_HOT_COPY = f"models/{safe_name(DOMAIN)}/v0001"
+SUBCOMMANDS = ["status", "history", "sweep", "remember", "route", "rollback", "train-patch"]
+
+
+@pytest.fixture
+def project(tmp_path, digits_cnn, uci_digits) -> Path:
+    """A project folder with params.yaml (3 patch epochs) and the digits CNN registered as vision/digits."""
+    settings = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    settings["patch"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    system = Mycelium(load_params(tmp_path / "params.yaml"))
+    system.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI digits")
+    return tmp_path
+
+
+def run(project: Path, capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["--params", str(project / "params.yaml"), *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def system_of(project: Path) -> Mycelium:
+    return Mycelium(load_params(project / "params.yaml"))
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])
+def test_help_exits_zero(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+
+    assert exited.value.code == 0
+    assert f"usage: mycelium {' '.join(command)}".strip() in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    script = Path(sys.executable).parent / "mycelium"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mycelium.cli"]
+
+    finished = subprocess.run([*command, "route", "--help"], capture_output=True, text=True, timeout=120)
+
+    assert finished.returncode == 0
+    assert "--tag-column" in finished.stdout
+
+
+class TestRoute:
+    def test_csv_with_tag_column(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:50]
+        tags = ["vision/digits/uci" if i % 2 else "" for i in range(len(rows))]
+        rows.assign(tag=tags).to_csv(project / "batch.csv", index=False)
+
+        code, out, err = run(project, capsys, "route", str(project / "batch.csv"), "--no-progress")
+
+        assert (code, err) == (0, "")
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert list(result.columns) == ["row", "tag", "label", "prediction", "domain", "version", "depth", "route"]
+        assert result["row"].tolist() == list(range(50))
+        assert result["label"].tolist() == rows["label"].tolist()
+        expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
+        assert result["prediction"].tolist() == expected.tolist()
+        assert set(result["domain"]) == {DOMAIN}
+        assert set(result["version"]) == {1}
+        assert result["route"][1].startswith("tag 'vision/digits/uci' -> registered tag 'vision/digits'")
+        assert result["route"][0].startswith("inferred: 'vision/digits' accepts")
+        assert out.strip() == f"wrote 50 predictions to {project / 'batch.predictions.csv'} (50 rows -> {DOMAIN})"
+
+    def test_parquet_with_tag_option(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].drop(columns=["label"])
+        rows.to_parquet(project / "batch.parquet", index=False)
+        output = project / "out" / "predicted.parquet"
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.parquet"), "--tag", "vision/digits/uci",
+                           "-o", str(output), "--batch-size", "7")
+
+        assert (code, err) == (0, "")
+        result = pd.read_parquet(output)
+        assert list(result.columns) == ["row", "prediction", "domain", "version", "depth", "route"]
+        expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
+        assert result["prediction"].tolist() == expected.tolist()
+        uses = system_of(project).controller.domain(DOMAIN).locality.uses
+        assert uses == 30
+
+    def test_unaccepted_rows_have_no_prediction(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:20].copy()
+        rows.loc[rows.index[10:], rows.columns != "label"] = 16.0
+        rows.assign(tag=["vision/digits"] * 10 + [""] * 10).to_csv(project / "batch.csv", index=False)
+
+        code, out, _ = run(project, capsys, "route", str(project / "batch.csv"), "--no-validate")
+
+        assert code == 0
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 10
+        assert result["route"][15].startswith("unrouted: ")
+        assert "10 rows -> no domain" in out
+
+    @pytest.mark.parametrize(
+        ("make_file", "extra", "pattern"),
+        [
+            (lambda d, rows: d / "missing.csv", [], r"Data file .*missing\.csv not found; check the path"),
+            (lambda d, rows: _write(d / "rows.txt", "a,b\n1,2\n"), [], r"suffix '\.txt'; use one of \.csv"),
+            (lambda d, rows: _write(d / "rows.parquet", "not parquet"), [], r"Cannot read .*rows\.parquet"),
+            (lambda d, rows: _write(d / "empty.csv", "px_00,label\n"), [], r"empty\.csv has no rows"),
+            (lambda d, rows: _csv(d, rows.assign(tag="vision/digits")), ["--tag", "vision/digits"],
+             r"has a 'tag' column and --tag was given"),
+            (lambda d, rows: _csv(d, rows.assign(tag="audio/speech")), [],
+             r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]"),
+            (lambda d, rows: _csv(d, rows.drop(columns=["px_00"])), ["--tag", "vision/digits"],
+             r"missing columns \['px_00'\] that domain 'vision/digits' needs"),
+            (lambda d, rows: _csv(d, rows), ["--tag", "vision//digits"], r"Invalid tag 'vision//digits'"),
+            (lambda d, rows: _csv(d, rows), ["--tag", "vision/digits", "-o", "out.json"],
+             r"output file out\.json has suffix '\.json'"),
+        ],
+    )
+    def test_bad_input_is_one_line(self, project, capsys, uci_digits, make_file, extra, pattern):
+        path = make_file(project, uci_digits.test.iloc[:5])
+
+        code, out, err = run(project, capsys, "route", str(path), "--no-progress", *extra)
+
+        assert_one_line_error(code, err, pattern)
+        assert out == ""
+
+    def test_invalid_values_are_quarantined(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:5].copy()
+        rows.loc[rows.index[2], "px_20"] = 99.0
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits")
+
+        assert code == 2
+        assert err.startswith("error: Batch 'vision/digits:batch-rows-0-4' (5 rows) failed 1 expectation(s)")
+        assert "column 'px_20'" in err
+        assert "quarantined in" in err.splitlines()[-1]
+        assert not (project / "batch.predictions.csv").exists()
+
+    def test_missing_settings_file(self, tmp_path, capsys):
+        code = main(["--params", str(tmp_path / "nope.yaml"), "status"])
+
+        assert_one_line_error(code, capsys.readouterr().err, r"Settings file .*nope\.yaml.* not found")
+
+    def test_batch_size_must_be_positive(self, project, capsys):
+        with pytest.raises(SystemExit) as exited:
+            run(project, capsys, "route", "rows.csv", "--batch-size", "0")
+
+        assert exited.value.code == 2
+        assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _csv(folder: Path, frame: pd.DataFrame) -> Path:
+    frame.to_csv(folder / "rows.csv", index=False)
+    return folder / "rows.csv"
+
+
+class TestPatchAndRollback:
+    def train_patch(self, project, capsys, mnist_digits) -> dict:
+        mnist_digits.train.iloc[:400].to_csv(project / "mnist.csv", index=False)
+        code, out, err = run(project, capsys, "train-patch", DOMAIN, str(project / "mnist.csv"))
+        assert (code, err) == (0, "")
+        return json.loads(out)
+
+    def test_train_patch_makes_new_version(self, project, capsys, mnist_digits):
+        report = self.train_patch(project, capsys, mnist_digits)
+
+        assert (report["domain"], report["depth"], report["train_samples"]) == (DOMAIN, 1, 320)
+        assert report["expert_sha256_before"] == report["expert_sha256_after"]
+        record = system_of(project).controller.domain(DOMAIN)
+        assert (record.version, record.patches) == (2, ["patch-1"])
+
+    def test_rollback_restores_earlier_record(self, project, capsys, mnist_digits, uci_digits):
+        self.train_patch(project, capsys, mnist_digits)
+
+        code, out, err = run(project, capsys, "rollback", DOMAIN, "--to", "2", "--reason", "patch hurt UCI")
+
+        assert (code, err) == (0, "")
+        assert out.strip() == (
+            f"{DOMAIN}: table version 4 restores its record of version 2: state hot, subgraph v1, patches none"
+        )
+        system = system_of(project)
+        record = system.controller.domain(DOMAIN)
+        assert (record.version, record.patches, record.model_dir) == (1, [], FIRST_HOT_COPY)
+        assert system.subgraph(DOMAIN).depth == 0
+        assert system.controller.history(DOMAIN)[-1]["reason"] == "patch hurt UCI"
+        uci_digits.test.iloc[:10].to_csv(project / "batch.csv", index=False)
+        run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--no-validate")
+        assert set(pd.read_csv(project / "batch.predictions.csv")["version"]) == {1}
+
+    def test_history_and_past_status(self, project, capsys, mnist_digits):
+        self.train_patch(project, capsys, mnist_digits)
+        system_of(project).controller.add_alias("images/digits", DOMAIN, reason="old client tag")
+        run(project, capsys, "rollback", DOMAIN, "--to", "2")
+
+        code, out, _ = run(project, capsys, "history", DOMAIN)
+
+        lines = out.strip().splitlines()
+        assert code == 0
+        assert [line.split()[0] for line in lines] == ["v1", "v2", "v3", "v4", "v5"]
+        assert "state=hot" in lines[2]
+        assert "subgraph v2" in lines[2]
+        assert "alias images/digits -> vision/digits  old client tag" in lines[3]
+        assert "restored v2: state=hot" in lines[4]
+        assert "subgraph v1" in lines[4]
+        code, out, _ = run(project, capsys, "status", "--json", "--table-version", "3")
+        assert code == 0
+        assert [(row["version"], row["patches"]) for row in json.loads(out)] == [(2, 1)]
+        code, out, _ = run(project, capsys, "status", "--at", "1970-01-01T00:00:00")
+        assert (code, out.strip()) == (0, "(no domains registered)")
+
+    @pytest.mark.parametrize(
+        ("args", "pattern"),
+        [
+            (["rollback", DOMAIN, "--to", "99"], r"Table version 99 does not exist; recorded versions are 0 to 2"),
+            (["rollback", "audio/speech", "--to", "2"], r"'audio/speech' did not exist at table version 2"),
+            (["history", "audio/speech"], r"Unknown domain 'audio/speech'; known domains: \['vision/digits'\]"),
+            (["status", "--at", "yesterday"], r"Time 'yesterday' is neither Unix seconds nor ISO 8601"),
+            (["status", "--at", "0", "--table-version", "1"], r"Pass --table-version or --at, not both"),
+        ],
+    )
+    def test_bad_arguments_are_one_line(self, project, capsys, args, pattern):
+        code, _, err = run(project, capsys, *args)
+
+        assert_one_line_error(code, err, pattern)
+
+    def test_rollback_to_deleted_hot_copy(self, project, capsys, mnist_digits):
+        self.train_patch(project, capsys, mnist_digits)
+        shutil.rmtree(project / "runs" / "stream" / FIRST_HOT_COPY)
+
+        code, _, err = run(project, capsys, "rollback", DOMAIN, "--to", "2")
+
+        assert_one_line_error(code, err, rf"served from {re.escape(FIRST_HOT_COPY)}, which no longer exists.*remember")
+        assert system_of(project).controller.domain(DOMAIN).version == 2
+
+    @pytest.mark.parametrize(
+        ("make_frame", "domain", "pattern"),
+        [
+            (lambda rows: rows.drop(columns=["label"]), DOMAIN, r"has 20 rows without a 'label' value"),
+            (lambda rows: rows.assign(label=np.where(np.arange(20) < 3, np.nan, rows["label"])), DOMAIN,
+             r"has 3 rows without a 'label' value"),
+            (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
+            (lambda rows: rows.assign(px_07="ink"), DOMAIN, r"columns \['px_07'\] are not numeric"),
+            (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 10 labelled rows"),
+            (lambda rows: rows, "audio/speech", r"Unknown domain 'audio/speech'"),
+        ],
+    )
+    def test_train_patch_bad_input_is_one_line(self, project, capsys, mnist_digits, make_frame, domain, pattern):
+        make_frame(mnist_digits.train.iloc[:20]).to_csv(project / "mnist.csv", index=False)
+
+        code, _, err = run(project, capsys, "train-patch", domain, str(project / "mnist.csv"))
+
+        assert_one_line_error(code, err, pattern)
+        assert system_of(project).controller.domain(DOMAIN).version == 1
+
+    def test_train_patch_missing_file(self, project, capsys):
+        code, _, err = run(project, capsys, "train-patch", DOMAIN, str(project / "nope.parquet"))
+
+        assert_one_line_error(code, err, r"Data file .*nope\.parquet not found")
