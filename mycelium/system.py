@@ -125,6 +125,10 @@ class Mycelium:
         )
         self.controller.register(record, reason=reason)
         record = self.controller.set_state(domain, State.HOT, reason="trained and saved")
+        # Registration counts as the last use, so a sweep does not take a domain that has had no
+        # request yet for one idle since 1970.
+        self.controller.record_use(domain, 0)
+        self.controller.flush_locality()
         self._hot[domain] = subgraph
         self._hot_dirs[domain] = None
         self._save_reference(domain, 0, reference)

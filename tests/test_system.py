@@ -173,6 +173,16 @@ def test_untagged_nan_batch_is_quarantined(system, uci_digits):
     assert len(pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")) == BATCH_ROWS
 
 
+def test_sweep_keeps_new_unused_domain_hot(params, clock, digits_cnn, uci_digits):
+    clock.now = 1.8e9
+    mycelium = Mycelium(params, clock=clock)
+    mycelium.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="new")
+    clock.now += 60
+
+    assert mycelium.sweep() == []
+    assert mycelium.controller.domain(DOMAIN).state == State.HOT.value
+
+
 def test_sweep_keeps_recent_domain_hot(system, clock, uci_digits):
     system.ingest(uci_digits.test.iloc[:BATCH_ROWS], tag=DOMAIN)
     clock.now = START + 600

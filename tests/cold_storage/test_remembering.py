@@ -89,8 +89,8 @@ def test_freeze_metadata_records_history_and_measured_error(system):
     assert metadata["bundle_version"] == "v0001"
     assert [entry["state"] for entry in metadata["lifecycle"]] == ["training", "hot"]
     assert metadata["lifecycle"][-1]["reason"] == "trained and saved"
-    assert metadata["last_used"] is None
-    assert metadata["locality"] == {"last_used": None, "uses": 0, "activity": 0.0}
+    assert metadata["last_used"] == START
+    assert metadata["locality"] == {"last_used": START, "uses": 0, "activity": 0.0}
     assert metadata["torch_version"]
     assert set(metadata["files"]) == {"weights.safetensors", "manifest.json", "buffer.parquet", "smote.json",
                                       "expectations.json", "references.safetensors"}
