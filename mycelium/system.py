@@ -85,6 +85,7 @@ class Mycelium:
         self.step = 0
         self._store: ColdStore | None = None
         self._hot: dict[str, Subgraph] = {}
+        self._locks: dict[str, FileLock] = {}
         # The model_dir each subgraph in _hot was loaded from; None until checked against the table.
         self._hot_dirs: dict[str, str | None] = {}
         self._monitors: dict[str, ReferenceMonitor] = {}
@@ -765,10 +766,17 @@ class Mycelium:
 
     def _domain_lock(self, domain: str) -> FileLock:
         """Return the lock that ``remember`` and ``freeze`` hold for ``domain``, shared by every
-        call in this process, so that ``freeze`` can run inside ``remember``."""
-        folder = self.root / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(folder / f"{safe_name(domain)}.lock", is_singleton=True)
+        call in this process, so that ``freeze`` can run inside ``remember``.
+
+        The instance is kept in ``self._locks``: filelock releases a lock when its object is
+        garbage-collected, so a lock held only by a local variable was released as soon as the
+        function that acquired it returned, and two processes restored one domain at once.
+        """
+        if domain not in self._locks:
+            folder = self.root / "locks"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._locks[domain] = FileLock(folder / f"{safe_name(domain)}.lock", is_singleton=True)
+        return self._locks[domain]
 
     def _acquire_remember_lock(self, domain: str, recent: pd.DataFrame | None) -> float:
         """Take ``domain``'s lock, waiting up to ``remembering.wait_timeout_s``; return the seconds waited.

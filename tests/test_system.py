@@ -1,7 +1,10 @@
 """The Mycelium runtime driven by a simulated clock, with real data, a real DVC store and real GX checks."""
 
 import copy
+import gc
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +243,19 @@ def test_idle_domain_goes_cold_and_comes_back(system, params, clock, uci_digits)
     assert isinstance(restarted.subgraph(DOMAIN), Subgraph)
     assert restarted.evaluate(DOMAIN, uci_digits.test) == after
     assert read_events(params.paths.run / "events.jsonl") == system.events.events
+
+
+def test_remember_lock_held_after_garbage_collection(system):
+    system._acquire_remember_lock(DOMAIN, None)
+    gc.collect()
+    lock_file = system._domain_lock(DOMAIN).lock_file
+    probe = (
+        "from filelock import FileLock, Timeout\n"
+        f"try:\n    FileLock({lock_file!r}).acquire(timeout=0)\n    print('free')\n"
+        "except Timeout:\n    print('held')\n"
+    )
+
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
+    system._domain_lock(DOMAIN).release()
+
+    assert seen == "held"
