@@ -12,7 +12,7 @@ import torch
 from mycelium.config import Patch
 from mycelium.drift.combined_ood import fit_domain_check
 from mycelium.drift.ood import MahalanobisOOD
-from mycelium.errors import EmptyDataError, IntegrityError
+from mycelium.errors import DataValidationError, EmptyDataError, IntegrityError
 from mycelium.experts.training import accuracy, fit, predict_logits
 from mycelium.hashing import sha256_state_dict
 from mycelium.patches.chain import PatchedExpert
@@ -57,6 +57,17 @@ def train_patch(
     if len(frame) < 10:
         raise EmptyDataError(
             f"Patch training for {subgraph.domain!r} got {len(frame)} rows; collect at least 10 labelled rows."
+        )
+    if "label" not in frame:
+        raise DataValidationError(f"Patch data for {subgraph.domain!r} has no 'label' column; add the true class of each row.")
+    n_classes = subgraph.expert.n_classes
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    invalid = frame["label"][~(labels.notna() & (labels >= 0) & (labels < n_classes) & (labels % 1 == 0))]
+    if len(invalid):
+        raise DataValidationError(
+            f"Patch data for {subgraph.domain!r} has {len(invalid)} labels outside the expert's classes "
+            f"0..{n_classes - 1}, e.g. {invalid.iloc[:3].tolist()} at rows {invalid.index[:3].tolist()}; "
+            "fix those labels or train a new expert for the new classes."
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))

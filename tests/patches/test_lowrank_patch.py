@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mycelium.config import ExpertTraining, Patch
-from mycelium.errors import ConfigError, EmptyDataError
+from mycelium.errors import ConfigError, DataValidationError, EmptyDataError
 from mycelium.experts import build_expert
 from mycelium.experts.fitting import train_expert
 from mycelium.experts.training import accuracy
@@ -210,3 +210,12 @@ class TestTrainPatch:
                 target_fpr=0.05,
                 seed=0,
             )
+
+
+def test_labels_outside_classes_rejected(digits_cnn, mnist_digits):
+    frame = mnist_digits.train.iloc[:50].copy()
+    frame.loc[frame.index[:3], "label"] = 99
+
+    with pytest.raises(DataValidationError, match="outside the expert's classes 0..9"):
+        train_patch(digits_cnn, frame, Patch(rank=2, alpha=4.0, epochs=1, lr=0.003, default_min_samples=10),
+                    target_fpr=0.05, seed=0, min_tail_samples=4)
