@@ -768,9 +768,9 @@ class Mycelium:
         """Return the lock that ``remember`` and ``freeze`` hold for ``domain``, shared by every
         call in this process, so that ``freeze`` can run inside ``remember``.
 
-        The instance is kept in ``self._locks``: filelock releases a lock when its object is
-        garbage-collected, so a lock held only by a local variable was released as soon as the
-        function that acquired it returned, and two processes restored one domain at once.
+        The instance is kept in ``self._locks`` because filelock releases a lock when its object
+        is garbage-collected. A lock referenced only by a local variable was released as soon as
+        the acquiring function returned, so two processes restored one domain at once.
         """
         if domain not in self._locks:
             folder = self.root / "locks"

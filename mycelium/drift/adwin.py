@@ -27,7 +27,7 @@ class ADWIN(DriftDetector):
 
     The oldest bucket is then dropped and the cuts are checked again, until no cut differs.
     The update that drops buckets sets `drift_detected`. Unlike `PageHinkley`, the detector
-    then goes on with the shrunken window, which holds the values since the change.
+    then goes on with the shrunken window, which contains the values since the change.
 
     river's ``drift.ADWIN`` (river 0.26.1) uses the same histogram and schedule with the same
     defaults, but computes m from ``n0 - min_window_length + 1`` and ``n1 - min_window_length + 1``
@@ -86,7 +86,7 @@ class ADWIN(DriftDetector):
 
     def reset(self) -> None:
         super().reset()
-        # _rows[i] holds the buckets of 2**i values, oldest first, as [sum, sum of squared deviations].
+        # _rows[i] contains the buckets of 2**i values, oldest first, as [sum, sum of squared deviations].
         self._rows: list[list[list[float]]] = [[]]
         self._width = 0
         self._total = 0.0
@@ -110,7 +110,7 @@ class ADWIN(DriftDetector):
         return self._m2 / self._width if self._width else 0.0
 
     def update(self, x: float) -> None:
-        """Add one value (an error, a loss) and check the cuts when the clock says so.
+        """Add one value (an error, a loss) and check the cuts every ``clock`` updates.
 
         Raises
         ------

@@ -32,8 +32,8 @@ class PreparedTable:
 def split_table(frame: pd.DataFrame, split: DatasetSplit, seed: int) -> dict[str, pd.DataFrame]:
     """Cut ``frame`` into train, calibration, stream and test parts as ``split`` defines.
 
-    Train and calibration are the leading rows (after a seeded shuffle for ``order: shuffle``);
-    test rows are drawn at random from the rest and the stream keeps the remaining rows in order.
+    Train and calibration are the leading rows, after a seeded shuffle for ``order: shuffle``.
+    Test rows are drawn at random from the rest, and the stream keeps the remaining rows in order.
     """
     if split.rows is not None:
         start, stop = split.rows

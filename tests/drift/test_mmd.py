@@ -158,7 +158,7 @@ class TestDegenerateWindows:
         assert result.status is DriftStatus.DRIFT
 
     def test_tied_rows_are_tested(self, mmd_test):
-        # Eight distinct rows repeated: many zero distances, still a defined answer.
+        # Eight distinct rows repeated: many zero distances, still a defined result.
         values = np.repeat(window(3, rows=8), 13, axis=0)
         result = mmd_test.test(values)
         assert result.n_rows == 104

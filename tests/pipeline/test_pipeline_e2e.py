@@ -135,7 +135,9 @@ class TestPipeline:
         swept = _of(events, "swept", "tabular/segments")
         remembering = _of(events, "remembering", "tabular/segments")
         passed = _of(events, "gate_passed", "tabular/segments")
-        assert swept and remembering and passed
+        assert swept
+        assert remembering
+        assert passed
         assert swept[0]["step"] < remembering[0]["step"] <= passed[0]["step"]
         assert swept[0]["quantization"] == "int8"
         assert 500 <= swept[0]["buffer_rows"] <= 1000
