@@ -23,6 +23,7 @@ from mycelium.errors import DataValidationError, EmptyDataError, InputError, Rou
 from mycelium.experts.fitting import LABEL
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid
+from mycelium.validation.quarantine import quarantine_batch
 
 if TYPE_CHECKING:
     from mycelium.system import Mycelium
@@ -278,8 +279,13 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
             domain, evidence = None, {"tag": None, "reason": problem}
         else:
             domain, evidence = system.infer_domain(group)
-        prefix = "inferred" if domain is not None else "unrouted"
-        yield positions[members], domain, evidence, f"{prefix}: {evidence['reason']}"
+        if domain is not None:
+            yield positions[members], domain, evidence, f"inferred: {evidence['reason']}"
+            continue
+        # Rows no domain takes are kept for inspection rather than only marked in the output.
+        kept = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
+                                quarantine_dir=system.params.paths.quarantine)
+        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {kept}"
 
 
 def _not_finite(group: pd.DataFrame) -> str | None:

@@ -148,6 +148,9 @@ def test_unaccepted_rows_are_unrouted(system, uci_digits):
     assert str(table["version"].dtype) == "Int64"
     assert table["route"].iloc[25].startswith("unrouted: best domain")
     assert system.events.of_kind("rows_unrouted")[-1]["rows"] == 20
+    kept = list(system.params.paths.quarantine.glob("*unrouted-rows*/batch.parquet"))
+    assert len(kept) == 1
+    assert len(pd.read_parquet(kept[0])) == 20
 
 
 def test_unknown_tag_names_row_and_tag(system, uci_digits):
