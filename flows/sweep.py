@@ -18,8 +18,8 @@ from mycelium.config import load_params  # noqa: E402
 from mycelium.system import Mycelium  # noqa: E402
 
 
-# NOTE: no task retries. Freezing is not idempotent yet: a retry after a failed DVC push would
-# write the same subgraph again as a new bundle version.
+# No task retries: a failed DVC push leaves the bundle stored locally and the domain cold, and
+# the next sweep pushes it, so a retry here would only repeat work.
 @task(cache_policy=NO_CACHE)
 def sweep_domains(params_path: str) -> list[dict]:
     system = Mycelium(load_params(ROOT / params_path))

@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 from mycelium.cold_storage.bundle import read_bundle, write_bundle
 from mycelium.cold_storage.remembering import RememberResult, buffer_accuracy, restore_and_gate
 from mycelium.cold_storage.smote import balanced_buffer, smote_settings
-from mycelium.cold_storage.store import ColdStore
+from mycelium.cold_storage.store import ColdStore, StoredVersion
 from mycelium.cold_storage.policy import select_evictions
 from mycelium.cold_storage.quantize import dequantize_state_dict, quantize_state_dict
 from mycelium.cold_storage.sweep import Eviction, SweepCandidate
@@ -423,6 +423,35 @@ class Mycelium:
 
     # Cold storage ------------------------------------------------------------------------
 
+    def _add_version(self, domain: str, path: Path) -> StoredVersion:
+        """Store a written bundle with DVC. A failed push still counts as frozen: the version is
+        in the local DVC cache and the next sweep pushes it, so a retry never writes it twice."""
+        try:
+            return self.store.add_version(domain, path)
+        except StorageError as exc:
+            if path.name not in self.store.version_names(domain):
+                raise
+            logger.warning("Bundle %s of %s is stored locally but not pushed; the next sweep retries: %s",
+                           path.name, domain, exc)
+            self.events.emit("push_pending", step=self.step, domain=domain, version=path.name, error=str(exc))
+            self._push_pending_marker().touch()
+            return next(v for v in self.store.versions(domain) if v.version == path.name)
+
+    def _push_pending_marker(self) -> Path:
+        return self.root / "cold_push_pending"
+
+    def _retry_pending_push(self) -> None:
+        marker = self._push_pending_marker()
+        if not marker.exists():
+            return
+        try:
+            self.store.push()
+        except StorageError as exc:
+            logger.warning("Pushing cold-storage bundles failed again; the next sweep retries: %s", exc)
+            return
+        marker.unlink(missing_ok=True)
+        self.events.emit("push_retried", step=self.step)
+
     def sweep(self) -> list[Eviction]:
         """Move hot domains to cold storage as ``cold_storage.policy`` picks them, and return them.
 
@@ -432,6 +461,7 @@ class Mycelium:
         and its reason is in the ``sweep`` and ``swept`` events. A domain that another
         process froze or is restoring meanwhile is skipped and left out of the result.
         """
+        self._retry_pending_push()
         now = self.clock()
         settings = self.params.cold_storage
         candidates = self._sweep_candidates()
@@ -556,7 +586,7 @@ class Mycelium:
                                         accuracy_quantized)
 
         # Version it with DVC, push it to the remote, then release the hot copy.
-        stored = self.store.add_version(domain, path)
+        stored = self._add_version(domain, path)
         self.controller.set_state(domain, State.COLD, reason=f"swept: {reason}", cold_version=stored.version,
                                   model_dir=None)
         self._hot.pop(domain, None)

@@ -259,3 +259,24 @@ def test_remember_lock_held_after_garbage_collection(system):
     system._domain_lock(DOMAIN).release()
 
     assert seen == "held"
+
+
+def test_failed_push_freezes_once_then_retries(system, params, clock):
+    remote = params.paths.remote
+    remote.parent.mkdir(parents=True, exist_ok=True)
+    remote.write_text("a file where the remote folder should be, so every push fails")
+    clock.now = START + params.cold_storage.max_idle_s + 1
+
+    evictions = system.sweep()
+
+    assert [eviction.domain for eviction in evictions] == [DOMAIN]
+    assert system.controller.domain(DOMAIN).state == State.COLD.value
+    assert len(system.events.of_kind("push_pending")) == 1
+    assert system.store.version_names(DOMAIN) == ["v0001"]
+
+    remote.unlink()
+    system.sweep()
+
+    assert len(system.events.of_kind("push_retried")) == 1
+    assert system.store.version_names(DOMAIN) == ["v0001"]
+    assert any(path.is_file() for path in remote.rglob("*"))
