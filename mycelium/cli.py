@@ -26,9 +26,11 @@ def _system(args: argparse.Namespace):
     return Mycelium(load_params(args.params))
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, column: str = "") -> str:
     if value is None:
         return ""
+    if column == "last_used" and isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -39,7 +41,7 @@ def _print_table(rows: list[dict]) -> None:
         print("(no domains registered)")
         return
     columns = list(rows[0])
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    cells = [[_cell(row[c], c) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
@@ -336,7 +338,10 @@ def _domain_rows(table: Any) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Great Expectations sets INFO on its own loggers; keep them at the command's level.
+    logging.getLogger("great_expectations").setLevel(level)
     try:
         return args.handler(args)
     except MyceliumError as exc:

@@ -23,6 +23,7 @@ import torch
 from mycelium.errors import ConfigError, IntegrityError
 
 logger = logging.getLogger(__name__)
+_lossy_warning_shown = False
 
 QuantizationMode = Literal["int8", "fp16"]
 
@@ -167,8 +168,12 @@ def dequantize_state_dict(
         )
 
     summary = summarize_manifest(manifest)
-    if summary["lossy_tensor_count"]:
-        logger.warning(
+    if summary["lossy_tensor_count"] and summary["max_abs_error"] > 0:
+        # Warn once per process; later restores log the same facts at debug level.
+        global _lossy_warning_shown
+        log = logger.debug if _lossy_warning_shown else logger.warning
+        _lossy_warning_shown = True
+        log(
             "Restoring %d %s-quantized tensors is lossy: max abs error %.3g, max relative error %.3g.",
             summary["lossy_tensor_count"],
             summary["mode"],

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from mycelium.cold_storage import quantize as quantize_module
 from mycelium.cold_storage.quantize import (
     FP16_MAX,
     dequantize_state_dict,
@@ -257,10 +258,12 @@ def test_unlisted_tensor_raises_integrity_error():
         dequantize_state_dict(quantized.tensors, quantized.manifest)
 
 
-def test_restore_warns_once_with_measured_error(caplog):
+def test_restore_warns_once_with_measured_error(caplog, monkeypatch):
+    monkeypatch.setattr(quantize_module, "_lossy_warning_shown", False)
     quantized = quantize_state_dict(_state_dict("conv1d"), "int8")
 
     with caplog.at_level(logging.WARNING, logger="mycelium.cold_storage.quantize"):
+        dequantize_state_dict(quantized.tensors, quantized.manifest)
         dequantize_state_dict(quantized.tensors, quantized.manifest)
 
     warnings = [record for record in caplog.records if record.name == "mycelium.cold_storage.quantize"]
