@@ -49,13 +49,15 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from mycelium.system import domain_rows
+
     system = _system(args)
     if args.table_version is not None and args.at is not None:
         raise InputError("Pass --table-version or --at, not both.")
     if args.table_version is not None:
-        rows = _domain_rows(system.controller.table_at(_table_version(system, args.table_version)))
+        rows = domain_rows(system.controller.table_at(_table_version(system, args.table_version)))
     elif args.at is not None:
-        rows = _domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+        rows = domain_rows(system.controller.table_at_time(_timestamp(args.at)))
     else:
         rows = system.domain_table()
     if args.json:
@@ -315,25 +317,6 @@ def _describe_change(change: dict[str, Any]) -> str:
     if current is None:
         return f"{restored}removed from the table"
     return f"{restored}state={current['state']:<12} subgraph v{current['version']}"
-
-
-def _domain_rows(table: Any) -> list[dict[str, Any]]:
-    """Return the status rows of a past routing table (the columns of Mycelium.domain_table)."""
-    return [
-        {
-            "domain": record.name,
-            "tags": ", ".join(record.tags),
-            "state": record.state,
-            "version": record.version,
-            "patches": len(record.patches),
-            "fp32_bytes": record.fp32_bytes,
-            "cold_version": record.cold_version or "",
-            "last_used": record.locality.last_used,
-            "uses": record.locality.uses,
-            "holdout_accuracy": record.metrics.get("holdout_accuracy"),
-        }
-        for record in sorted(table.domains.values(), key=lambda r: r.name)
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

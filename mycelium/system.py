@@ -41,6 +41,7 @@ from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
 from mycelium.routing.controller import DomainRecord, MetaController
 from mycelium.routing.lifecycle import State
+from mycelium.routing.table import RoutingTable
 from mycelium.routing.tags import safe_name
 from mycelium.subgraph import Subgraph, load_subgraph, save_subgraph
 from mycelium.validation.expectations import require_valid
@@ -919,18 +920,23 @@ class Mycelium:
 
     def domain_table(self) -> list[dict[str, Any]]:
         """Return one row per domain: tags, state, version, size, last use and accuracy."""
-        rows = []
-        for record in sorted(self.controller.table.domains.values(), key=lambda r: r.name):
-            rows.append({
-                "domain": record.name,
-                "tags": ", ".join(record.tags),
-                "state": record.state,
-                "version": record.version,
-                "patches": len(record.patches),
-                "fp32_bytes": record.fp32_bytes,
-                "cold_version": record.cold_version or "",
-                "last_used": record.locality.last_used,
-                "uses": record.locality.uses,
-                "holdout_accuracy": record.metrics.get("holdout_accuracy"),
-            })
-        return rows
+        return domain_rows(self.controller.table)
+
+
+def domain_rows(table: RoutingTable) -> list[dict[str, Any]]:
+    """Return one status row per domain of ``table``, sorted by name."""
+    return [
+        {
+            "domain": record.name,
+            "tags": ", ".join(record.tags),
+            "state": record.state,
+            "version": record.version,
+            "patches": len(record.patches),
+            "fp32_bytes": record.fp32_bytes,
+            "cold_version": record.cold_version or "",
+            "last_used": record.locality.last_used,
+            "uses": record.locality.uses,
+            "holdout_accuracy": record.metrics.get("holdout_accuracy"),
+        }
+        for record in sorted(table.domains.values(), key=lambda r: r.name)
+    ]
