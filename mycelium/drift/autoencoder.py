@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mycelium.drift.ood import _as_features
+from mycelium.drift.calibration import require_holdout_rows, threshold_at_fpr
 from mycelium.errors import ConfigError
 
 _SCALINGS = ("per_feature", "global", "none")
@@ -153,22 +154,14 @@ class AutoencoderOOD:
             )
         if train.shape[0] < 2:
             raise ValueError(f"train_inputs has {train.shape[0]} rows, but training needs at least 2.")
-        required = math.ceil(self.min_tail_samples / target_fpr)
-        if holdout.shape[0] < required:
-            raise ConfigError(
-                f"holdout_inputs has {holdout.shape[0]} rows but target_fpr={target_fpr} needs at least "
-                f"{required} (min_tail_samples={self.min_tail_samples} / target_fpr); pass more held-out "
-                f"in-domain rows or raise target_fpr."
-            )
+        require_holdout_rows(holdout.shape[0], target_fpr, self.min_tail_samples, name="holdout_inputs")
 
         self.mean, self.scale = _standardization(train, self.scaling)
         self.module = _build_module(train.shape[1], self.hidden, self.bottleneck, seed=self.seed)
         self.final_loss = self._train(self._standardize(train))
         holdout_scores = self.score(holdout)
-        # "higher" picks an observed score, so at most target_fpr of the holdout lies above it.
-        self.threshold = float(np.quantile(holdout_scores, 1 - target_fpr, method="higher"))
+        self.threshold, self.calibrated_fpr = threshold_at_fpr(holdout_scores, target_fpr)
         self.target_fpr = float(target_fpr)
-        self.calibrated_fpr = float(np.mean(holdout_scores > self.threshold))
         self.n_train = int(train.shape[0])
         self.n_holdout = int(holdout.shape[0])
         return self

@@ -18,6 +18,7 @@ import torch
 from mycelium.drift.autoencoder import AutoencoderOOD
 from mycelium.drift.ood import MahalanobisOOD
 from mycelium.drift.row_statistics import RowStatisticsOOD
+from mycelium.drift.calibration import require_holdout_rows
 from mycelium.errors import ConfigError
 
 
@@ -124,12 +125,7 @@ class CombinedOOD:
             raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}.")
         scores = self._component_scores(holdout_inputs)
         n_rows = next(iter(scores.values())).shape[0]
-        required = math.ceil(self.min_tail_samples / target_fpr)
-        if n_rows < required:
-            raise ConfigError(
-                f"The holdout has {n_rows} rows but target_fpr={target_fpr} needs at least {required} "
-                f"(min_tail_samples={self.min_tail_samples} / target_fpr); pass more held-out in-domain rows."
-            )
+        require_holdout_rows(n_rows, target_fpr, self.min_tail_samples, name="The holdout")
 
         # The joint rejection rate falls as the level rises, so bisect for the lowest level
         # whose rate is at most target_fpr. Level 1 (every maximum) rejects no held-out row.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from mycelium.drift.calibration import require_holdout_rows, threshold_at_fpr
 from mycelium.errors import ConfigError
 
 
@@ -86,22 +87,14 @@ class MahalanobisOOD:
         holdout = _as_features(holdout_features, "holdout_features", n_features=train.shape[1])
         if train.shape[0] < 2:
             raise ValueError(f"train_features has {train.shape[0]} rows, but fitting a covariance needs at least 2.")
-        required = math.ceil(self.min_tail_samples / target_fpr)
-        if holdout.shape[0] < required:
-            raise ConfigError(
-                f"holdout_features has {holdout.shape[0]} rows but target_fpr={target_fpr} needs at least "
-                f"{required} (min_tail_samples={self.min_tail_samples} / target_fpr); pass more held-out "
-                f"in-domain rows or raise target_fpr."
-            )
+        require_holdout_rows(holdout.shape[0], target_fpr, self.min_tail_samples, name="holdout_features")
 
         estimator = LedoitWolf(store_precision=True, assume_centered=False).fit(train)
         self.mean = estimator.location_.astype(np.float64)
         self.precision = estimator.precision_.astype(np.float64)
         holdout_scores = self.score(holdout)
-        # "higher" picks an observed distance, so at most target_fpr of the holdout lies above it.
-        self.threshold = float(np.quantile(holdout_scores, 1 - target_fpr, method="higher"))
+        self.threshold, self.calibrated_fpr = threshold_at_fpr(holdout_scores, target_fpr)
         self.target_fpr = float(target_fpr)
-        self.calibrated_fpr = float(np.mean(holdout_scores > self.threshold))
         self.n_train = int(train.shape[0])
         self.n_holdout = int(holdout.shape[0])
         return self
