@@ -36,8 +36,8 @@ class RowStatisticsOOD:
     """Squared Mahalanobis distance of a row's summary statistics to those of the domain.
 
     The statistics (`ROW_STATISTICS`) mix all features of a row, so use it for inputs whose
-    features share one scale: image pixels, or features already standardized. It tells
-    little about which of two similar domains a row belongs to, and is meant as one
+    features share one scale: image pixels, or features already standardized. It
+    separates two similar domains poorly, and is meant as one
     component of a `CombinedOOD`.
 
     Examples
