@@ -180,6 +180,33 @@ def cmd_remember(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _stack(args: argparse.Namespace):
+    from mycelium.config import load_params
+    from mycelium.orchestration.stack import Stack
+
+    settings = load_params(args.params).orchestration
+    return Stack(args.params.resolve().parent, args.params, settings, port=getattr(args, "port", None))
+
+
+def cmd_orchestrate(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    if args.action == "up":
+        state = stack.up()
+        print(f"Prefect server: {state.ui_url} (API {state.api_url}, pid {state.server.pid})")
+        for worker in state.workers:
+            print(f"worker {worker.role} of pool {worker.pool} (pid {worker.pid}), log {worker.log}")
+        for name in state.deployments:
+            print(f"deployment {name}")
+        print(f"Point flows and the CLI at it with: export PREFECT_API_URL={state.api_url}")
+        print(f"State: {stack.state_path}. Stop everything with `mycelium orchestrate down`.")
+    elif args.action == "down":
+        stopped = stack.down()
+        print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+    else:
+        print(json.dumps(stack.status(), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mycelium", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
@@ -246,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
     train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
     train_patch.set_defaults(handler=cmd_train_patch)
+
+    orchestrate = commands.add_parser(
+        "orchestrate", help="start or stop the local Prefect server, workers and deployments",
+        description="up: start `prefect server start` on orchestration.host:port, create the training and light "
+                    "process work pools, register the deployments (cron sweep, event-triggered training and "
+                    "Remembering, ingestion) and start the workers. down: stop the workers and the server. "
+                    "status: show what runs. Process ids, ports and logs are in .prefect/.")
+    orchestrate.add_argument("action", choices=["up", "down", "status"])
+    orchestrate.add_argument("--port", type=int, default=None,
+                             help="server port (default: orchestration.port; 0 picks a free port)")
+    orchestrate.set_defaults(handler=cmd_orchestrate)
     return parser
 
 

@@ -172,6 +172,41 @@ class Stream(_Settings):
         return value
 
 
+class Orchestration(_Settings):
+    """Prefect server, work pools, workers, schedules and concurrency of `mycelium orchestrate up`.
+
+    Times are in seconds. ``training_lease_s`` is how long a training run's slot outlives a
+    run that stops renewing it (a killed worker), and ``slot_timeout_s`` how long a run waits
+    for its domain's slot before it fails. ``late_sweep_after_s`` is how far past its
+    scheduled time a sweep may start before it is skipped.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4200, gt=0, lt=65536)
+    training_pool: str = "mycelium-training"
+    light_pool: str = "mycelium-light"
+    training_workers: int = Field(default=1, ge=0)
+    light_workers: int = Field(default=1, ge=0)
+    runs_per_worker: int = Field(default=1, gt=0)
+    worker_poll_s: float = Field(default=2.0, gt=0)
+    sweep_cron: str = "0 * * * *"
+    timezone: str = "UTC"
+    late_sweep_after_s: float = Field(default=3600.0, gt=0)
+    training_lease_s: float = Field(default=120.0, ge=60)
+    slot_timeout_s: float = Field(default=3600.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    retry_delay_s: float = Field(default=2.0, ge=0)
+    ingest_batch_rows: int = Field(default=250, gt=0)
+    server_start_timeout_s: float = Field(default=180.0, gt=0)
+
+    @field_validator("sweep_cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a 5-field cron expression such as '0 * * * *'")
+        return value
+
+
 class Params(_Settings):
     """Every setting of a run, read from params.yaml."""
 
@@ -186,6 +221,7 @@ class Params(_Settings):
     cold_storage: ColdStorage
     remembering: Remembering
     stream: Stream
+    orchestration: Orchestration = Field(default_factory=Orchestration)
 
     @model_validator(mode="after")
     def _datasets_exist(self) -> "Params":

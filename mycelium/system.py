@@ -25,6 +25,7 @@ from mycelium.cold_storage.policy import select_evictions
 from mycelium.cold_storage.quantize import dequantize_state_dict, quantize_state_dict
 from mycelium.cold_storage.sweep import Eviction, SweepCandidate
 from mycelium.config import Params
+from mycelium.drift.feature_drift import FeatureDriftResult
 from mycelium.drift.page_hinkley import PageHinkley
 from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.reference import ReferenceMonitor
@@ -32,6 +33,7 @@ from mycelium.errors import (
     DataValidationError,
     EmptyDataError,
     IllegalTransitionError,
+    InputError,
     RememberTimeoutError,
     RoutingError,
     StorageError,
@@ -75,12 +77,18 @@ class Mycelium:
         params: validated settings.
         clock: returns the current time in seconds; the stream replay passes a simulated clock.
         events: where events go; by default ``<run>/events.jsonl``.
+        defer_actions: when True, ``ingest`` does not train patches, train new experts or
+            restore cold domains itself. It saves the rows the action needs to a file and emits
+            a ``drift_detected``, ``new_domain_detected`` or ``cold_domain_requested`` event
+            with that file's path, for an orchestrator to run the action in another process.
     """
 
-    def __init__(self, params: Params, *, clock: Callable[[], float] = time.time, events: EventLog | None = None):
+    def __init__(self, params: Params, *, clock: Callable[[], float] = time.time, events: EventLog | None = None,
+                 defer_actions: bool = False):
         self.params = params
         self.root = params.paths.run
         self.clock = clock
+        self.defer_actions = defer_actions
         self.events = events or EventLog(self.root / "events.jsonl")
         self.controller = MetaController(self.root / "routing", clock=clock, activity_half_life_s=params.cold_storage.max_idle_s)
         self.step = 0
@@ -92,6 +100,7 @@ class Mycelium:
         self._monitors: dict[str, ReferenceMonitor] = {}
         self._performance: dict[str, PageHinkley] = {}
         self._drift_rows: dict[str, list[pd.DataFrame]] = {}
+        self._last_window: dict[str, FeatureDriftResult] = {}
 
     # Paths and handles -----------------------------------------------------------------
 
@@ -183,6 +192,8 @@ class Mycelium:
 
         record = self.controller.domain(domain)
         actions: list[str] = []
+        if record.state in (State.COLD.value, State.REMEMBERING.value) and self.defer_actions:
+            return self._request_remembering(record, batch, name)
         if record.state in (State.COLD.value, State.REMEMBERING.value):
             # A request during another process's Remembering waits for it on the domain's lock.
             result = self.remember(domain, recent=batch)
@@ -212,7 +223,10 @@ class Mycelium:
         self._append_reservoir(domain, batch)
 
         decision = self._detect(domain, subgraph, batch, prediction.labels)
-        if decision.action is Action.PATCH:
+        if decision.action is Action.PATCH and self.defer_actions:
+            self._request_patch(domain)
+            actions.append("patch_requested")
+        elif decision.action is Action.PATCH:
             self.train_patch(domain)
             actions.append("patched")
         record = self.controller.domain(domain)
@@ -319,6 +333,8 @@ class Mycelium:
     def _detect(self, domain: str, subgraph: Subgraph, batch: pd.DataFrame, predicted: np.ndarray) -> Decision:
         monitor = self._monitor(domain)
         result = monitor.update(batch[list(subgraph.schema.columns)])
+        if result is not None:
+            self._last_window[domain] = result
         performance = self._performance.setdefault(domain, PageHinkley(**self.params.drift.page_hinkley.model_dump()))
         if LABEL in batch:
             for error in (predicted != batch[LABEL].to_numpy()):
@@ -352,6 +368,8 @@ class Mycelium:
         """Train a patch for ``domain`` on ``data`` (default: the rows collected since drift began)."""
         if data is None:
             data = pd.concat(self._drift_rows.get(domain, []), ignore_index=True) if domain in self._drift_rows else pd.DataFrame()
+        # Another process may have patched or restored the domain since this one read the table.
+        self.controller.reload()
         subgraph = self.subgraph(domain)
         patched, report = train_patch(subgraph, data, self.params.patch, target_fpr=self.params.ood.target_fpr,
                                 min_tail_samples=self.params.ood.min_tail_samples,
@@ -392,7 +410,13 @@ class Mycelium:
         self.events.emit("new_domain_queued", step=self.step, batch=name, rows=len(batch), queued=queued,
                          routing=evidence, decision=decision.to_dict())
         result = BatchResult(self.step, None, None, None, len(batch), decision=decision.to_dict(), actions=["queued"])
-        if decision.action is Action.NEW_EXPERT:
+        if decision.action is Action.NEW_EXPERT and self.defer_actions:
+            accepted = evidence.get("accepted_fraction") or {}
+            self.events.emit("new_domain_detected", step=self.step, domain=folder.name, window=self.step,
+                             scores={name: float(value) for name, value in accepted.items()}, rows=queued,
+                             data_path=str(folder), version=0, bundle_version=None)
+            result.actions.append("expert_requested")
+        elif decision.action is Action.NEW_EXPERT:
             record = self.train_new_expert(folder)
             result.actions.append(f"registered {record.name}")
         return result
@@ -422,6 +446,108 @@ class Mycelium:
                          seconds=subgraph.info["train_seconds"])
         return record
 
+    # Deferred actions --------------------------------------------------------------------
+    # With defer_actions, ingestion saves the rows an action needs and emits an event with
+    # their path; another process runs the action through the methods below.
+
+    def _request_patch(self, domain: str) -> Path:
+        """Save the rows collected since drift began and emit ``drift_detected`` with their path.
+
+        The domain's drift monitors start afresh, so the next request needs another
+        ``drift.persistence`` drifting windows.
+        """
+        rows = pd.concat(self._drift_rows.pop(domain), ignore_index=True)
+        folder = self._folder("drift_rows", domain)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{self.step:05d}.parquet"
+        rows.to_parquet(path, index=False)
+        performance = self._performance.pop(domain, None)
+        self._monitors.pop(domain, None)
+        window = self._last_window.get(domain)
+        scores = {
+            "score": window.to_dict()["score"] if window is not None else None,
+            "threshold": window.to_dict()["threshold"] if window is not None else None,
+            "performance_drift": float(performance.drift_detected) if performance is not None else 0.0,
+        }
+        record = self.controller.domain(domain)
+        self.events.emit("drift_detected", step=self.step, domain=domain, window=self.step, scores=scores,
+                         rows=len(rows), data_path=str(path), version=record.version,
+                         bundle_version=record.cold_version)
+        return path
+
+    def _request_remembering(self, record: DomainRecord, batch: pd.DataFrame, name: str) -> BatchResult:
+        """Keep a batch for a cold domain in ``pending/`` and emit ``cold_domain_requested``.
+
+        ``replay_pending`` serves the batch once the domain is hot again.
+        """
+        folder = self._folder("pending", record.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.parquet"
+        batch.to_parquet(path, index=False)
+        self.events.emit("cold_domain_requested", step=self.step, domain=record.name, window=self.step, scores={},
+                         rows=len(batch), data_path=str(path), version=record.version,
+                         bundle_version=record.cold_version, state=record.state)
+        return BatchResult(self.step, record.name, record.version, record.state, len(batch),
+                           actions=["remember_requested"])
+
+    def replay_pending(self, domain: str) -> list[dict[str, Any]]:
+        """Serve the batches kept in ``pending/`` while ``domain`` was cold; return each outcome.
+
+        Each file moves to ``pending/<domain>/served/`` before it is ingested, so two replays
+        never serve one batch twice. A batch that fails validation is quarantined by ``ingest``
+        and its outcome names the quarantine path.
+        """
+        folder = self._folder("pending", domain)
+        tag = self.controller.domain(domain).tags[0]
+        outcomes = []
+        for path in sorted(folder.glob("*.parquet")):
+            served = folder / "served" / path.name
+            served.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.replace(served)
+            except FileNotFoundError:
+                continue
+            try:
+                result = self.ingest(pd.read_parquet(served), tag, name=path.stem)
+            except DataValidationError as exc:
+                outcomes.append({"batch": path.stem, "quarantined": exc.quarantine_path})
+                continue
+            outcomes.append({"batch": path.stem, **asdict(result)})
+        return outcomes
+
+    def train_patch_from_file(self, domain: str, data_path: Path | str) -> PatchReport | None:
+        """Train a patch for ``domain`` on the labelled rows in ``data_path`` (Parquet).
+
+        The file then moves to ``consumed/`` beside it. Returns None, and trains nothing, when
+        the file is already in ``consumed/`` because another run trained on it.
+
+        Raises:
+            InputError: the file is neither at ``data_path`` nor in ``consumed/``.
+        """
+        path = Path(data_path)
+        consumed = path.parent / "consumed" / path.name
+        if not path.exists():
+            if consumed.exists():
+                logger.info("Drifted rows %s were already used by another run; no patch trained.", path)
+                return None
+            raise InputError(f"Drifted rows {path} not found; pass the data_path of a drift_detected event.")
+        report = self.train_patch(domain, data=pd.read_parquet(path))
+        consumed.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(consumed)
+        return report
+
+    def train_new_expert_from_queue(self, queue_folder: Path | str) -> DomainRecord | None:
+        """Train a new expert on a new-domain queue folder; return None when it holds fewer
+        than ``new_expert.min_samples`` rows, for example because another run consumed it."""
+        folder = Path(queue_folder)
+        queued = sum(len(pd.read_parquet(p)) for p in folder.glob("*.parquet"))
+        if queued < self.params.new_expert.min_samples:
+            logger.info("Queue %s holds %d rows, below new_expert.min_samples=%d; no expert trained.",
+                        folder, queued, self.params.new_expert.min_samples)
+            return None
+        self.controller.reload()
+        return self.train_new_expert(folder)
+
     # Cold storage ------------------------------------------------------------------------
 
     def _add_version(self, domain: str, path: Path) -> StoredVersion:
@@ -442,16 +568,24 @@ class Mycelium:
         return self.root / "cold_push_pending"
 
     def _retry_pending_push(self) -> None:
-        marker = self._push_pending_marker()
-        if not marker.exists():
-            return
         try:
-            self.store.push()
+            self.push_pending()
         except StorageError as exc:
             logger.warning("Pushing cold-storage bundles failed again; the next sweep retries: %s", exc)
-            return
+
+    def push_pending(self) -> bool:
+        """Push the bundles whose DVC push failed earlier; return False when none were pending.
+
+        Raises:
+            StorageError: the push failed again; the bundles stay pending.
+        """
+        marker = self._push_pending_marker()
+        if not marker.exists():
+            return False
+        self.store.push()
         marker.unlink(missing_ok=True)
         self.events.emit("push_retried", step=self.step)
+        return True
 
     def sweep(self) -> list[Eviction]:
         """Move hot domains to cold storage as ``cold_storage.policy`` picks them, and return them.

@@ -231,7 +231,7 @@ def test_idle_domain_goes_cold_and_comes_back(system, params, clock, uci_digits)
     assert result.actions == ["remembered"]
     assert result.state == State.HOT.value
     kinds = [event["event"] for event in system.events.events[swept_events:]]
-    assert kinds == ["remembering", "gate_passed", "batch_routed"]
+    assert kinds == ["remembering", "bundle_loaded", "gate_passed", "batch_routed"]
     assert system.events.of_kind("gate_passed")[-1]["bundle_version"] == "v0001"
     states = [entry["current"]["state"] for entry in system.controller.history(DOMAIN)]
     assert states == ["training", "hot", "cold", "remembering", "hot"]

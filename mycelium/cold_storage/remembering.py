@@ -188,6 +188,8 @@ def restore_and_gate(
     restored = Subgraph.from_parts(loaded.metadata["subgraph"], loaded.state_dict, loaded.references)
     restore_seconds = time.perf_counter() - started
     result = RememberResult(domain, False, "", version, restore_seconds, skipped_versions=skipped)
+    if events:
+        events.emit("bundle_loaded", step=step, domain=domain, version=version, restore_seconds=restore_seconds)
 
     buffer = loaded.buffer
     holdout_rows = loaded.metadata["holdout_rows"]

@@ -1,0 +1,74 @@
+"""Flow ingest: route, validate and check one batch file for drift.
+
+Actions that take long run elsewhere: a drifting domain, a new domain or a request for a cold
+domain is saved to a file and announced by an event, and the `train-patch`, `train-expert`
+and `remember` deployments start on those events. The file is read in chunks of
+`orchestration.ingest_batch_rows` rows, each ingested as one batch.
+
+Usage: python flows/ingest.py FILE [TAG]
+"""
+
+import sys
+from pathlib import Path
+
+from mycelium.runtime import configure_environment
+
+ROOT = configure_environment(Path.cwd())
+
+import pandas as pd  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from mycelium.config import load_params  # noqa: E402
+from mycelium.errors import DataValidationError, InputError  # noqa: E402
+from mycelium.orchestration.dashboard import publish_domains, publish_drift  # noqa: E402
+from mycelium.orchestration.events import flush_events  # noqa: E402
+from mycelium.orchestration.runtime import orchestrated_system  # noqa: E402
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InputError(f"Batch file {path} not found; pass the path of a .parquet or .csv file the worker can read.")
+    if path.suffix.lower() == ".csv":
+        return pd.read_csv(path)
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    raise InputError(f"Batch file {path} has suffix {path.suffix!r}; use .parquet or .csv.")
+
+
+@task(cache_policy=NO_CACHE, task_run_name="ingest {path}")
+def ingest_file(path: str, tag: str | None, params_path: str) -> list[dict]:
+    params = load_params(ROOT / params_path)
+    system = orchestrated_system(params)
+    frame = _read(Path(path))
+    size = params.orchestration.ingest_batch_rows
+    outcomes = []
+    for start in range(0, len(frame), size):
+        name = f"{Path(path).stem}-rows-{start}"
+        try:
+            result = system.ingest(frame.iloc[start : start + size].reset_index(drop=True), tag, name=name)
+        except DataValidationError as exc:
+            outcomes.append({"batch": name, "quarantined": exc.quarantine_path, "error": str(exc).splitlines()[0]})
+            continue
+        outcomes.append({"batch": name, "domain": result.domain, "version": result.version, "state": result.state,
+                         "rows": result.rows, "accuracy": result.accuracy, "actions": result.actions})
+    publish_drift(system.events.of_kind("drift_check"), f"Drift checks while ingesting {Path(path).name}.")
+    publish_domains(system.domain_table(), f"Domains after ingesting {Path(path).name}.")
+    return outcomes
+
+
+@flow(name="ingest")
+def ingest_flow(path: str, tag: str | None = None, params_path: str = "params.yaml") -> list[dict]:
+    logger = get_run_logger()
+    outcomes = ingest_file(path, tag, params_path)
+    for outcome in outcomes:
+        if outcome.get("actions") or outcome.get("quarantined"):
+            logger.info("%s: %s", outcome["batch"], outcome.get("actions") or f"quarantined in {outcome['quarantined']}")
+    flush_events()
+    return outcomes
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python flows/ingest.py FILE [TAG]   (.parquet or .csv; no TAG routes by domain inference)")
+    ingest_flow(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None)

@@ -1,0 +1,280 @@
+"""The deployments, triggers, pools, limits and dashboard against a real Prefect server.
+
+One module-scoped stack: `prefect server start` on a free 127.0.0.1 port with its own
+PREFECT_HOME, two workers of the training pool and one of the light pool, all started by
+`Stack.up` as `mycelium orchestrate up` does, and stopped by `Stack.down` at the end. The
+workers run the flows of this repository against a project folder in tmp.
+"""
+
+import copy
+import os
+import shutil
+import time
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import DIGITS_PATCH
+from mycelium.config import load_params
+from mycelium.events import read_events
+from mycelium.orchestration.dashboard import DOMAINS_KEY
+from mycelium.orchestration.events import DRIFT_DETECTED, emit_mycelium_event, flush_events
+from mycelium.orchestration.stack import Stack, is_alive
+from mycelium.system import Mycelium
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PATCHED = "vision/digits"
+PAIR = ["vision/digits-b", "vision/digits-c"]
+COLD = "vision/cold"
+IDLE = "vision/idle"
+RUN_TIMEOUT_S = 240
+CHROMIUM = "/usr/bin/chromium"
+
+
+def write_params(folder: Path) -> Path:
+    """Write the project's params.yaml with paths in ``folder`` and settings sized for tests."""
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["paths"] = {name: str(folder / name) for name in raw["paths"]}
+    raw["patch"] = DIGITS_PATCH.model_dump()
+    # Only IDLE may be swept, and it is idle after 5 s; the budget never forces a sweep.
+    raw["cold_storage"].update(max_idle_s=5, hot_budget_bytes=10**9, pinned=[PATCHED, *PAIR, COLD])
+    raw["orchestration"].update(training_workers=2, light_workers=1, runs_per_worker=1, worker_poll_s=1,
+                                sweep_cron="* * * * *", late_sweep_after_s=3600, training_lease_s=60,
+                                slot_timeout_s=600, retries=2, retry_delay_s=0.5)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, digits_cnn, uci_digits):
+    """The running stack over a project with five digits domains registered."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    folder = tmp_path_factory.mktemp("orchestrated")
+    params_path = write_params(folder)
+    params = load_params(params_path)
+    system = Mycelium(params)
+    for domain in [PATCHED, *PAIR, COLD, IDLE]:
+        system.register(copy.deepcopy(digits_cnn), tags=[domain], reference=uci_digits.train, reason="test expert")
+
+    env = {"DVC_SITE_CACHE_DIR": str(folder / "dvc-site-cache"),
+           # Schedule the cron runs of a new deployment and mark late runs within seconds.
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    os.environ["DVC_SITE_CACHE_DIR"] = env["DVC_SITE_CACHE_DIR"]
+    running = Stack(PROJECT_ROOT, params_path, params.orchestration, prefect_home=folder / "prefect", port=0,
+                    extra_env=env)
+    state = running.up()
+    with ExitStack() as cleanup:
+        cleanup.callback(running.down)
+        cleanup.enter_context(temporary_settings({PREFECT_API_URL: state.api_url}))
+        yield {"state": state, "params": params, "folder": folder, "stack": running}
+
+
+def client():
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def deployment_runs(name: str) -> list:
+    """Every flow run of deployment ``name`` (e.g. "train-patch/train-patch"), oldest first."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with client() as api:
+        deployment = api.read_deployment_by_name(name)
+        return api.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                                  sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+
+
+def wait_for_runs(name: str, match, count: int, timeout_s: float = RUN_TIMEOUT_S) -> list:
+    """Wait until ``count`` runs of ``name`` whose parameters satisfy ``match`` are final; return them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = [r for r in deployment_runs(name) if match(r.parameters)]
+        if len(runs) >= count and all(r.state.is_final() for r in runs):
+            return runs
+        time.sleep(1)
+    states = [(r.name, r.state_name) for r in deployment_runs(name) if match(r.parameters)]
+    raise AssertionError(f"{count} runs of {name} did not finish within {timeout_s} s: {states}")
+
+
+def emit_drift(domain: str, path: Path, window: int) -> None:
+    emitted = emit_mycelium_event(DRIFT_DETECTED, domain, {
+        "domain": domain, "window": window, "scores": {"score": 2.5, "threshold": 1.0, "performance_drift": 0.0},
+        "rows": len(pd.read_parquet(path)), "data_path": str(path), "version": 1, "bundle_version": None,
+    })
+    assert emitted
+
+
+def drifted_rows(stack, mnist_digits, name: str, start: int, rows: int = 300) -> Path:
+    path = stack["folder"] / "drifted" / f"{name}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mnist_digits.train.iloc[start : start + rows].to_parquet(path, index=False)
+    return path
+
+
+def events(stack, kind: str, **fields) -> list[dict]:
+    path = stack["params"].paths.run / "events.jsonl"
+    return [e for e in read_events(path) if e["event"] == kind and all(e.get(k) == v for k, v in fields.items())]
+
+
+def table(stack) -> dict:
+    return Mycelium(stack["params"]).controller.reload().domains
+
+
+def failed_logs(run) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with client() as api:
+        logs = api.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    return "\n".join(log.message for log in logs)
+
+
+def test_up_starts_server_and_workers(stack):
+    state = stack["state"]
+
+    assert is_alive(state.server.pid)
+    assert sorted(w.pool for w in state.workers) == ["mycelium-light", "mycelium-training", "mycelium-training"]
+    assert all(is_alive(w.pid) for w in state.workers)
+    assert sorted(state.deployments) == ["ingest/ingest", "remember/remember", "sweep/sweep",
+                                         "train-expert/train-expert", "train-patch/train-patch"]
+    with client() as api:
+        pools = {name: api.read_work_pool(name).type for name in ("mycelium-training", "mycelium-light")}
+    assert pools == {"mycelium-training": "process", "mycelium-light": "process"}
+
+
+def test_drift_event_starts_one_patch_run(stack, mnist_digits):
+    path = drifted_rows(stack, mnist_digits, "first", 0)
+
+    emit_drift(PATCHED, path, window=7)
+    flush_events()
+    runs = wait_for_runs("train-patch/train-patch", lambda p: p.get("data_path") == str(path), 1)
+    time.sleep(3)
+    runs = [r for r in deployment_runs("train-patch/train-patch") if r.parameters.get("data_path") == str(path)]
+
+    assert len(runs) == 1
+    assert runs[0].state.is_completed(), failed_logs(runs[0])
+    assert runs[0].parameters["window"] == 7
+    assert runs[0].parameters["scores"] == {"score": 2.5, "threshold": 1.0, "performance_drift": 0.0}
+    assert runs[0].work_pool_name == "mycelium-training"
+    record = table(stack)[PATCHED]
+    assert (record.version, record.patches) == (2, ["patch-1"])
+    assert len(events(stack, "patch_trained", domain=PATCHED)) == 1
+
+
+def test_two_events_for_one_domain_train_in_turn(stack, mnist_digits):
+    paths = [drifted_rows(stack, mnist_digits, f"turn-{i}", 300 + 250 * i, rows=250) for i in range(2)]
+
+    for window, path in enumerate(paths, start=20):
+        emit_drift(PATCHED, path, window)
+    flush_events()
+    runs = wait_for_runs("train-patch/train-patch", lambda p: p.get("data_path") in map(str, paths), 2)
+
+    assert all(r.state.is_completed() for r in runs), [failed_logs(r) for r in runs]
+    slots = sorted((e["started"], e["finished"]) for e in events(stack, "training_slot", domain=PATCHED)
+                   if e["trained"] and e["finished"] > runs[0].start_time.timestamp() - 1)
+    assert len(slots) == 2
+    assert slots[0][1] <= slots[1][0], f"trainings of {PATCHED} overlapped: {slots}"
+    # Both flow runs had started before the first training ended, so the limit made one wait.
+    assert max(r.start_time.timestamp() for r in runs) < slots[0][1]
+    assert table(stack)[PATCHED].patches == ["patch-1", "patch-2", "patch-3"]
+
+
+def test_two_domains_train_at_once_on_two_workers(stack, mnist_digits):
+    paths = {domain: drifted_rows(stack, mnist_digits, f"pair-{i}", 100 * i) for i, domain in enumerate(PAIR)}
+
+    for domain, path in paths.items():
+        emit_drift(domain, path, window=3)
+    flush_events()
+    runs = wait_for_runs("train-patch/train-patch", lambda p: p.get("domain") in PAIR, 2)
+
+    assert all(r.state.is_completed() for r in runs), [failed_logs(r) for r in runs]
+    slots = {e["domain"]: e for e in events(stack, "training_slot") if e["domain"] in PAIR}
+    assert {slots[d]["worker"] for d in PAIR} == {"mycelium-training-1", "mycelium-training-2"}
+    first, second = sorted(PAIR, key=lambda d: slots[d]["started"])
+    assert slots[second]["started"] < slots[first]["finished"], f"trainings did not overlap: {slots}"
+    assert all(table(stack)[d].patches == ["patch-1"] for d in PAIR)
+
+
+def test_cold_request_remembers_and_dashboard_follows(stack, uci_digits):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.deployments import run_deployment
+
+    Mycelium(stack["params"]).freeze(COLD, reason="test")
+    batch = stack["folder"] / "requests" / "cold-batch.parquet"
+    batch.parent.mkdir(parents=True, exist_ok=True)
+    uci_digits.test.iloc[:85].to_parquet(batch, index=False)
+
+    ingest = run_deployment("ingest/ingest", parameters={"path": str(batch), "tag": COLD}, timeout=RUN_TIMEOUT_S)
+    remembered = wait_for_runs("remember/remember", lambda p: p.get("domain") == COLD, 1)
+
+    assert ingest.state.is_completed(), failed_logs(ingest)
+    assert remembered[0].state.is_completed(), failed_logs(remembered[0])
+    assert remembered[0].parameters["bundle_version"] == "v0001"
+    assert table(stack)[COLD].state == "hot"
+    served = events(stack, "batch_routed", domain=COLD)
+    assert [e["batch"] for e in served] == ["cold-batch-rows-0"]
+    with client() as api:
+        versions = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[DOMAINS_KEY])),
+                                      sort=ArtifactSort.CREATED_ASC)
+    states = [next(row["state"] for row in v.data if row["domain"] == COLD) for v in versions
+              if isinstance(v.data, list) and any(row["domain"] == COLD for row in v.data)]
+    assert "remembering" in states
+    assert states[-1] == "hot"
+    assert states.index("remembering") < len(states) - 1
+
+
+def test_late_sweep_is_skipped_with_log(stack):
+    from prefect.deployments import run_deployment
+
+    scheduled = datetime.now(timezone.utc) - timedelta(hours=2)
+
+    run = run_deployment("sweep/sweep", scheduled_time=scheduled, timeout=RUN_TIMEOUT_S)
+
+    assert run.state.is_completed(), failed_logs(run)
+    assert "Skipped the sweep" in failed_logs(run)
+    assert "late_sweep_after_s=3600" in failed_logs(run)
+
+
+def test_scheduled_sweep_moves_idle_domain_cold(stack):
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and table(stack)[IDLE].state != "cold":
+        time.sleep(2)
+
+    assert table(stack)[IDLE].state == "cold"
+    swept = [r for r in deployment_runs("sweep/sweep") if r.state.is_completed() and "Skipped" not in failed_logs(r)]
+    assert swept, "no scheduled sweep completed"
+    assert all(table(stack)[d].state == "hot" for d in [PATCHED, *PAIR])
+
+
+def test_dashboard_shows_domain_table(stack, tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; `make test` installs Debian's chromium package when run as root.")
+        pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium package to run this test.")
+    from playwright.sync_api import sync_playwright
+
+    url = f"{stack['state'].ui_url}/artifacts/key/{DOMAINS_KEY}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium-profile", executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_text(COLD, exact=True).first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+
+    assert DOMAINS_KEY in text
+    assert PATCHED in text
+    assert "remembering" in text or "hot" in text
