@@ -1,4 +1,4 @@
-"""Flow train_expert: train an expert for a new domain on the rows its new-domain queue holds.
+"""Flow train_expert: train an expert for a new domain on the rows in its new-domain queue.
 
 The `train-expert` deployment runs it on the training pool for every mycelium.domain.new
 event; `domain` is then the queue's name and `data_path` its folder.
@@ -29,7 +29,7 @@ def train_on_queue(data_path: str, params_path: str) -> dict:
     system = orchestrated_system(load_params(ROOT / params_path))
     started = time.time()
     record = system.train_new_expert_from_queue(data_path)
-    system.events.emit("training_slot", domain=record.name if record else None, kind="expert", queue=data_path,
+    system.events.emit("training_slot", domain=record.name if record else None, action="expert", queue=data_path,
                        worker=os.environ.get("MYCELIUM_WORKER_NAME"), started=started, finished=time.time(),
                        trained=record is not None)
     if record is None:

@@ -31,7 +31,7 @@ def train_on_rows(domain: str, data_path: str, params_path: str) -> dict:
     started = time.time()
     report = system.train_patch_from_file(domain, data_path)
     # The slot's holder and times, so a run's place among concurrent trainings can be checked.
-    system.events.emit("training_slot", domain=domain, kind="patch", worker=os.environ.get("MYCELIUM_WORKER_NAME"),
+    system.events.emit("training_slot", domain=domain, action="patch", data_path=data_path, worker=os.environ.get("MYCELIUM_WORKER_NAME"),
                        started=started, finished=time.time(), trained=report is not None)
     if report is None:
         return {"domain": domain, "skipped": f"{data_path} was already used by another run"}

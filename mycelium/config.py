@@ -177,7 +177,8 @@ class Orchestration(_Settings):
 
     Times are in seconds. ``training_lease_s`` is how long a training run's slot outlives a
     run that stops renewing it (a killed worker), and ``slot_timeout_s`` how long a run waits
-    for its domain's slot before it fails. ``late_sweep_after_s`` is how far past its
+    for its domain's slot before it fails, polling at most every ``slot_retry_max_s``.
+    ``late_sweep_after_s`` is how far past its
     scheduled time a sweep may start before it is skipped.
     """
 
@@ -194,6 +195,7 @@ class Orchestration(_Settings):
     late_sweep_after_s: float = Field(default=3600.0, gt=0)
     training_lease_s: float = Field(default=120.0, ge=60)
     slot_timeout_s: float = Field(default=3600.0, gt=0)
+    slot_retry_max_s: float = Field(default=30.0, ge=0)
     retries: int = Field(default=3, ge=0)
     retry_delay_s: float = Field(default=2.0, ge=0)
     ingest_batch_rows: int = Field(default=250, gt=0)

@@ -47,7 +47,7 @@ class Process:
 
 @dataclass
 class StackState:
-    """What ``up`` started, as written to the state file."""
+    """The processes and URLs that ``up`` started, as written to the state file."""
 
     api_url: str
     ui_url: str
@@ -103,7 +103,7 @@ class Stack:
     """The local orchestration of one project folder.
 
     Args:
-        root: the project folder (it holds ``flows/``).
+        root: the project folder, which contains ``flows/``.
         params_path: the settings file every run reads.
         settings: its ``orchestration`` section.
         prefect_home: Prefect's folder for the database and logs (default ``<root>/.prefect``).
@@ -133,6 +133,7 @@ class Stack:
             "GX_ANALYTICS_ENABLED": "false",
             "DVC_NO_ANALYTICS": "1",
             "PREFECT_WORKER_QUERY_SECONDS": f"{self.settings.worker_poll_s:g}",
+            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": f"{self.settings.slot_retry_max_s:g}",
             **self.extra_env,
         }
 

@@ -7,6 +7,7 @@ workers run the flows of this repository against a project folder in tmp.
 """
 
 import copy
+import json
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ import yaml
 from conftest import DIGITS_PATCH
 from mycelium.config import load_params
 from mycelium.events import read_events
+from mycelium.orchestration.concurrency import training_limit_name
 from mycelium.orchestration.dashboard import DOMAINS_KEY
 from mycelium.orchestration.events import DRIFT_DETECTED, emit_mycelium_event, flush_events
 from mycelium.orchestration.stack import Stack, is_alive
@@ -44,7 +46,7 @@ def write_params(folder: Path) -> Path:
     raw["cold_storage"].update(max_idle_s=5, hot_budget_bytes=10**9, pinned=[PATCHED, *PAIR, COLD])
     raw["orchestration"].update(training_workers=2, light_workers=1, runs_per_worker=1, worker_poll_s=1,
                                 sweep_cron="* * * * *", late_sweep_after_s=3600, training_lease_s=60,
-                                slot_timeout_s=600, retries=2, retry_delay_s=0.5)
+                                slot_timeout_s=600, slot_retry_max_s=1, retries=2, retry_delay_s=0.5)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -60,16 +62,18 @@ def stack(tmp_path_factory, digits_cnn, uci_digits):
     params = load_params(params_path)
     system = Mycelium(params)
     for domain in [PATCHED, *PAIR, COLD, IDLE]:
-        system.register(copy.deepcopy(digits_cnn), tags=[domain], reference=uci_digits.train, reason="test expert")
+        expert = copy.deepcopy(digits_cnn)
+        expert.domain = domain
+        system.register(expert, tags=[domain], reference=uci_digits.train, reason="test expert")
 
     env = {"DVC_SITE_CACHE_DIR": str(folder / "dvc-site-cache"),
            # Schedule the cron runs of a new deployment and mark late runs within seconds.
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
-    os.environ["DVC_SITE_CACHE_DIR"] = env["DVC_SITE_CACHE_DIR"]
     running = Stack(PROJECT_ROOT, params_path, params.orchestration, prefect_home=folder / "prefect", port=0,
                     extra_env=env)
-    state = running.up()
     with ExitStack() as cleanup:
+        cleanup.enter_context(pytest.MonkeyPatch.context()).setenv("DVC_SITE_CACHE_DIR", env["DVC_SITE_CACHE_DIR"])
+        state = running.up()
         cleanup.callback(running.down)
         cleanup.enter_context(temporary_settings({PREFECT_API_URL: state.api_url}))
         yield {"state": state, "params": params, "folder": folder, "stack": running}
@@ -112,7 +116,9 @@ def emit_drift(domain: str, path: Path, window: int) -> None:
     assert emitted
 
 
-def drifted_rows(stack, mnist_digits, name: str, start: int, rows: int = 300) -> Path:
+def drifted_rows(stack, mnist_digits, name: str, start: int, rows: int = 400) -> Path:
+    """Write ``rows`` MNIST rows from ``start`` on. Patch training keeps 20 % out, and the OOD
+    calibration needs 80 of them."""
     path = stack["folder"] / "drifted" / f"{name}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     mnist_digits.train.iloc[start : start + rows].to_parquet(path, index=False)
@@ -168,26 +174,43 @@ def test_drift_event_starts_one_patch_run(stack, mnist_digits):
     assert len(events(stack, "patch_trained", domain=PATCHED)) == 1
 
 
-def test_two_events_for_one_domain_train_in_turn(stack, mnist_digits):
-    paths = [drifted_rows(stack, mnist_digits, f"turn-{i}", 300 + 250 * i, rows=250) for i in range(2)]
+def wait_until_running(name: str, match, count: int, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len([r for r in deployment_runs(name) if match(r.parameters) and r.state.is_running()]) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{count} runs of {name} were not running together within {timeout_s} s")
 
-    for window, path in enumerate(paths, start=20):
-        emit_drift(PATCHED, path, window)
-    flush_events()
-    runs = wait_for_runs("train-patch/train-patch", lambda p: p.get("data_path") in map(str, paths), 2)
+
+def test_two_events_for_one_domain_train_in_turn(stack, mnist_digits):
+    from prefect.concurrency.sync import concurrency
+
+    paths = [drifted_rows(stack, mnist_digits, f"turn-{i}", 200 * (i + 1)) for i in range(2)]
+    is_turn = lambda p: p.get("data_path") in map(str, paths)  # noqa: E731
+
+    # Hold the domain's slot until both runs run, one on each training worker, so that both
+    # reach the limit before either can train.
+    with concurrency(training_limit_name(PATCHED), occupy=1, lease_duration=60, strict=True):
+        for window, path in enumerate(paths, start=20):
+            emit_drift(PATCHED, path, window)
+        flush_events()
+        wait_until_running("train-patch/train-patch", is_turn, 2)
+        time.sleep(2)
+        released = time.time()
+    runs = wait_for_runs("train-patch/train-patch", is_turn, 2)
 
     assert all(r.state.is_completed() for r in runs), [failed_logs(r) for r in runs]
     slots = sorted((e["started"], e["finished"]) for e in events(stack, "training_slot", domain=PATCHED)
-                   if e["trained"] and e["finished"] > runs[0].start_time.timestamp() - 1)
+                   if e["data_path"] in map(str, paths))
     assert len(slots) == 2
+    assert slots[0][0] >= released
     assert slots[0][1] <= slots[1][0], f"trainings of {PATCHED} overlapped: {slots}"
-    # Both flow runs had started before the first training ended, so the limit made one wait.
-    assert max(r.start_time.timestamp() for r in runs) < slots[0][1]
     assert table(stack)[PATCHED].patches == ["patch-1", "patch-2", "patch-3"]
 
 
 def test_two_domains_train_at_once_on_two_workers(stack, mnist_digits):
-    paths = {domain: drifted_rows(stack, mnist_digits, f"pair-{i}", 100 * i) for i, domain in enumerate(PAIR)}
+    paths = {domain: drifted_rows(stack, mnist_digits, f"pair-{i}", 400 * i) for i, domain in enumerate(PAIR)}
 
     for domain, path in paths.items():
         emit_drift(domain, path, window=3)
@@ -223,9 +246,10 @@ def test_cold_request_remembers_and_dashboard_follows(stack, uci_digits):
     assert [e["batch"] for e in served] == ["cold-batch-rows-0"]
     with client() as api:
         versions = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[DOMAINS_KEY])),
-                                      sort=ArtifactSort.CREATED_ASC)
-    states = [next(row["state"] for row in v.data if row["domain"] == COLD) for v in versions
-              if isinstance(v.data, list) and any(row["domain"] == COLD for row in v.data)]
+                                      sort=ArtifactSort.CREATED_DESC)
+    # A table artifact's data is its rows as a JSON string.
+    tables = [json.loads(v.data) for v in reversed(versions)]
+    states = [next(row["state"] for row in rows if row["domain"] == COLD) for rows in tables]
     assert "remembering" in states
     assert states[-1] == "hot"
     assert states.index("remembering") < len(states) - 1
@@ -260,21 +284,30 @@ def test_dashboard_shows_domain_table(stack, tmp_path):
             pytest.fail(f"{CHROMIUM} is missing; `make test` installs Debian's chromium package when run as root.")
         pytest.skip(f"{CHROMIUM} is missing; install Debian's chromium package to run this test.")
     from playwright.sync_api import sync_playwright
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    url = f"{stack['state'].ui_url}/artifacts/key/{DOMAINS_KEY}"
+    with client() as api:
+        latest = api.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[DOMAINS_KEY])),
+                                    sort=ArtifactSort.CREATED_DESC, limit=1)[0]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             tmp_path / "chromium-profile", executable_path=CHROMIUM, headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
+            # The key's page lists its versions; the newest one opens as a table.
             page = browser.new_page()
-            page.goto(url)
+            page.goto(f"{stack['state'].ui_url}/artifacts/key/{DOMAINS_KEY}")
+            page.get_by_text(str(latest.id)[:8], exact=True).first.click()
             page.get_by_text(COLD, exact=True).first.wait_for(timeout=60_000)
+            headers = page.locator("th").all_inner_texts()
             text = page.inner_text("body")
         finally:
             browser.close()
 
+    assert [h.strip() for h in headers] == ["domain", "state", "version", "patches", "size_bytes", "cold_version",
+                                            "last_used", "uses", "accuracy"]
     assert DOMAINS_KEY in text
-    assert PATCHED in text
-    assert "remembering" in text or "hot" in text
+    for domain in [PATCHED, *PAIR, COLD, IDLE]:
+        assert domain in text
