@@ -175,15 +175,15 @@ class Stream(_Settings):
 class Orchestration(_Settings):
     """Prefect server, work pools, workers, schedules and concurrency of `mycelium orchestrate up`.
 
-    Times are in seconds. ``training_lease_s`` is how long a training run's slot outlives a
-    run that stops renewing it (a killed worker), and ``slot_timeout_s`` how long a run waits
-    for its domain's slot before it fails, polling at most every ``slot_retry_max_s``.
-    ``late_sweep_after_s`` is how far past its
-    scheduled time a sweep may start before it is skipped.
+    Times are in seconds, and ``port`` 0 picks a free port. ``training_lease_s`` is how long
+    a training run's slot outlives a run that stops renewing it (a killed worker), and
+    ``slot_timeout_s`` how long a run waits for its domain's slot before it fails, polling at
+    most every ``slot_retry_max_s``. ``late_sweep_after_s`` is how far past its scheduled
+    time a sweep may start before it is skipped.
     """
 
     host: str = "127.0.0.1"
-    port: int = Field(default=4200, gt=0, lt=65536)
+    port: int = Field(default=4200, ge=0, lt=65536)
     training_pool: str = "mycelium-training"
     light_pool: str = "mycelium-light"
     training_workers: int = Field(default=1, ge=0)

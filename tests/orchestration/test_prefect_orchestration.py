@@ -25,7 +25,7 @@ from mycelium.events import read_events
 from mycelium.orchestration.concurrency import training_limit_name
 from mycelium.orchestration.dashboard import DOMAINS_KEY
 from mycelium.orchestration.events import DRIFT_DETECTED, emit_mycelium_event, flush_events
-from mycelium.orchestration.stack import Stack, is_alive
+from mycelium.orchestration.stack import OrchestrationError, Stack, is_alive
 from mycelium.system import Mycelium
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -255,6 +255,25 @@ def test_cold_request_remembers_and_dashboard_follows(stack, uci_digits):
     assert states.index("remembering") < len(states) - 1
 
 
+def test_new_domain_from_library_trains_expert(stack):
+    from mycelium.data.sources import load_penguins
+    from mycelium.orchestration.runtime import orchestrated_system
+
+    system = orchestrated_system(stack["params"])
+    penguins = load_penguins().dropna().reset_index(drop=True)
+    size = 45
+    for start in range(0, len(penguins) - size, size):
+        if "expert_requested" in system.ingest(penguins.iloc[start : start + size], name=f"p-{start}").actions:
+            break
+    flush_events()
+    queue = system.events.of_kind("new_domain_detected")[-1]["data_path"]
+    runs = wait_for_runs("train-expert/train-expert", lambda p: p.get("data_path") == queue, 1)
+
+    assert runs[0].state.is_completed(), failed_logs(runs[0])
+    assert runs[0].parameters["rows"] >= stack["params"].new_expert.min_samples
+    assert table(stack)["discovered/domain-1"].state == "hot"
+
+
 def test_late_sweep_is_skipped_with_log(stack):
     from prefect.deployments import run_deployment
 
@@ -311,3 +330,21 @@ def test_dashboard_shows_domain_table(stack, tmp_path):
     assert DOMAINS_KEY in text
     for domain in [PATCHED, *PAIR, COLD, IDLE]:
         assert domain in text
+
+
+def test_second_up_is_rejected(stack):
+    with pytest.raises(OrchestrationError, match="already runs"):
+        stack["stack"].up()
+
+    assert is_alive(stack["state"].server.pid)
+
+
+def test_down_stops_every_process(stack):
+    state = stack["state"]
+
+    stopped = stack["stack"].down()
+
+    assert len(stopped) == 1 + len(state.workers)
+    assert not any(is_alive(p.pid) for p in [state.server, *state.workers])
+    assert not stack["stack"].state_path.exists()
+    assert stack["stack"].down() == []

@@ -1,0 +1,84 @@
+"""The deployment declarations: pools, schedules, triggers and the flow signatures they feed."""
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+
+from mycelium.config import Orchestration
+from mycelium.errors import ConfigError
+from mycelium.orchestration.deployments import EVENT_PARAMETERS, deployment_specs
+from mycelium.orchestration.events import PREFECT_EVENT_NAMES
+from mycelium.orchestration.names import slug
+from mycelium.orchestration.runtime import late_by_s
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The type each request event's payload field has, as the library emits it.
+PAYLOAD_TYPES = {"domain": str, "window": int, "scores": dict, "rows": int, "data_path": str, "version": int,
+                 "bundle_version": str}
+
+
+def flow_of(entrypoint: str):
+    path, name = entrypoint.split(":")
+    spec = importlib.util.spec_from_file_location(f"flow_{Path(path).stem}", PROJECT_ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def test_specs_place_work_on_pools():
+    settings = Orchestration()
+    specs = {spec.name: spec for spec in deployment_specs(settings)}
+
+    assert {name: spec.pool for name, spec in specs.items()} == {
+        "sweep": settings.light_pool, "ingest": settings.light_pool, "train-patch": settings.training_pool,
+        "train-expert": settings.training_pool, "remember": settings.training_pool}
+    assert specs["sweep"].cron == settings.sweep_cron
+    assert {name: spec.event for name, spec in specs.items() if spec.event} == {
+        "train-patch": PREFECT_EVENT_NAMES["drift_detected"],
+        "train-expert": PREFECT_EVENT_NAMES["new_domain_detected"],
+        "remember": PREFECT_EVENT_NAMES["cold_domain_requested"]}
+
+
+@pytest.mark.parametrize("name", ["train-patch", "train-expert", "remember"])
+def test_triggered_flow_accepts_payload_types(name):
+    spec = next(s for s in deployment_specs(Orchestration()) if s.name == name)
+    signature = inspect.signature(flow_of(spec.entrypoint).fn)
+
+    assert set(EVENT_PARAMETERS) == set(PAYLOAD_TYPES)
+    for field, kind in PAYLOAD_TYPES.items():
+        annotation = str(signature.parameters[field].annotation)
+        assert kind.__name__ in annotation, f"{name}.{field} is {annotation}, the payload sends {kind.__name__}"
+    assert "params_path" in signature.parameters
+
+
+@pytest.mark.parametrize("cron", ["* *", "0 0 * * * *", ""])
+def test_sweep_cron_needs_five_fields(cron):
+    with pytest.raises(ValueError, match="5-field cron"):
+        Orchestration(sweep_cron=cron)
+
+
+def test_slug_keeps_similar_domains_apart():
+    assert slug("vision/digits") != slug("vision-digits")
+    assert slug("vision/digits").startswith("vision-digits-")
+
+
+def test_late_by_counts_only_past_schedule():
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+
+    assert late_by_s(now - timedelta(hours=2), now) == 7200
+    assert late_by_s(now + timedelta(minutes=1), now) == 0
+    assert late_by_s(None, now) == 0
+
+
+def test_unknown_setting_is_rejected(tmp_path):
+    from mycelium.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT_ROOT / "params.yaml").read_text() + "  worker_count: 3\n")
+
+    with pytest.raises(ConfigError, match="orchestration.worker_count"):
+        load_params(path)
