@@ -22,7 +22,9 @@ import copy
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,12 +58,13 @@ RUN_TIMEOUT_S = 300
 
 
 def write_params(folder: Path) -> Path:
-    """Write params.yaml with paths in ``folder``, a small patch and a free port."""
+    """Write params.yaml with paths in ``folder``, a small patch, a free port, the shortest lease
+    Prefect allows (60 s) and a waiting run that asks for its slot every second."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["paths"] = {name: str(folder / name) for name in raw["paths"]}
     raw["patch"] = SMALL_PATCH.model_dump()
     raw["cold_storage"]["pinned"] = [DIGITS]
-    raw["orchestration"].update(port=0, training_workers=1, light_workers=1)
+    raw["orchestration"].update(port=0, training_workers=1, light_workers=1, training_lease_s=60, slot_retry_max_s=1)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -145,6 +148,34 @@ def recall_through_ingest(system: Mycelium, folder: Path, digits) -> str:
     return "not finished"
 
 
+# A process that takes a domain's training slot, reports it and then sleeps until it is killed.
+HOLDER = """
+import sys, time
+from mycelium.config import Orchestration
+from mycelium.orchestration.concurrency import training_slot
+with training_slot(sys.argv[1], Orchestration(training_lease_s=float(sys.argv[2]))):
+    print("acquired", flush=True)
+    time.sleep(3600)
+"""
+
+
+def measure_killed_holder(api_url: str, settings) -> dict[str, float]:
+    """Kill a process that holds a training slot and time how long until the slot is free again."""
+    from mycelium.orchestration.concurrency import training_slot
+
+    domain = "vision/killed"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, domain, str(settings.training_lease_s)],
+                              env={**os.environ, "PREFECT_API_URL": api_url}, stdout=subprocess.PIPE, text=True)
+    if holder.stdout.readline().strip() != "acquired":
+        raise RuntimeError("The slot holder exited before it took the slot.")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    killed = time.time()
+    with training_slot(domain, settings):
+        freed = time.time() - killed
+    return {"lease_s": settings.training_lease_s, "freed_after_s": freed}
+
+
 def screenshot(ui_url: str, path: Path, profile: Path) -> None:
     """Open the newest version of the domain table in the dashboard and save a PNG of the page."""
     from playwright.sync_api import sync_playwright
@@ -216,7 +247,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| repeat | created | running | finished |", "|---|---|---|---|"]
     for row in result["repeats"]:
         lines.append(f"| {row['repeat']} | {row['created_s']:.2f} | {row['running_s']:.2f} | {row['finished_s']:.2f} |")
+    killed = result["killed_holder"]
     lines += [
+        "",
+        "## A killed run frees its slot",
+        "",
+        f"A process took the training slot of a domain on a {killed['lease_s']:g} s lease "
+        f"(`orchestration.training_lease_s`) and was killed with SIGKILL. The slot was free again "
+        f"{killed['freed_after_s']:.1f} s later: the lease expired and the server's lease service "
+        "released it. A run that ends normally releases its slot at once.",
         "",
         "## Dashboard",
         "",
@@ -258,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with temporary_settings({PREFECT_API_URL: state.api_url}):
                 repeats = [measure_once(folder, mnist, index) for index in range(1, args.repeats + 1)]
+                killed = measure_killed_holder(state.api_url, params.orchestration)
                 remember_state, shot = None, None
                 if not args.no_screenshot:
                     remember_state = recall_through_ingest(system, folder, digits)
@@ -269,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": COMMAND, "started": started.isoformat(timespec="seconds"),
               "seconds": time.perf_counter() - clock, "machine": machine(),
               "settings": {"worker_poll_s": params.orchestration.worker_poll_s},
-              "repeats": repeats, "summary": summarize(repeats), "remember_state": remember_state,
+              "repeats": repeats, "summary": summarize(repeats), "killed_holder": killed,
+              "remember_state": remember_state,
               "screenshot": shot}
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.with_suffix(".json").write_text(json.dumps(result, indent=1))

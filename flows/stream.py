@@ -8,10 +8,10 @@ from mycelium.runtime import configure_environment
 ROOT = configure_environment(Path.cwd())
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from mycelium.config import load_params  # noqa: E402
+from mycelium.orchestration.dashboard import publish_domains  # noqa: E402
 from mycelium.pipeline.stream import ScheduledBatch, StreamRun  # noqa: E402
 
 
@@ -32,11 +32,8 @@ def sweep(run: StreamRun) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def publish_domain_table(run: StreamRun) -> None:
-    create_table_artifact(
-        key="mycelium-domains",
-        table=run.system.domain_table(),
-        description="Domains after the stream: state, version, patches, size, last use and accuracy.",
-    )
+    publish_domains(run.system.domain_table(),
+                    "Domains after the stream: state, version, patches, size, last use and accuracy.")
 
 
 @flow(name="stream")

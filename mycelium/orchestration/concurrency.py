@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from mycelium.config import Orchestration
 from mycelium.orchestration.names import slug
@@ -54,12 +54,12 @@ def slot(name: str, settings: Orchestration) -> Iterator[None]:
         yield
 
 
-def training_slot(key: str, settings: Orchestration) -> contextmanager:
+def training_slot(key: str, settings: Orchestration) -> AbstractContextManager[None]:
     """Hold the training slot of ``key`` for the block: one training per domain at a time."""
     return slot(training_limit_name(key), settings)
 
 
-def cold_store_slot(settings: Orchestration) -> contextmanager:
+def cold_store_slot(settings: Orchestration) -> AbstractContextManager[None]:
     """Hold the cold-store slot for the block: one sweep or restore writes to the DVC repository
     at a time, across machines. On one machine the store's file lock also serializes them."""
     return slot(COLD_STORE_LIMIT, settings)

@@ -82,9 +82,9 @@ def publish_drift(checks: list[dict[str, Any]], description: str) -> None:
 class DashboardSink:
     """An EventLog sink that keeps the dashboard current while the library works.
 
-    ``remembering`` publishes the domain table (the domain shows ``remembering``) and starts
-    a progress artifact; ``bundle_loaded`` moves it to 50 %; ``gate_passed`` and
-    ``gate_failed`` finish it, publish the gate's numbers and the domain table again.
+    ``remembering`` publishes the domain table, where the domain shows ``remembering``, and
+    starts a progress artifact at 10 %. ``bundle_loaded`` moves it to 50 %. ``gate_passed``
+    and ``gate_failed`` finish it and publish the gate's numbers and the domain table again.
     Patches, new experts and sweeps publish the domain table.
 
     Args:

@@ -85,7 +85,7 @@ def register_deployments(project_root: Path, params_path: Path, settings: Orches
     """Create or update every deployment; return deployment name -> id.
 
     Args:
-        project_root: folder that holds ``flows/``.
+        project_root: the folder that contains ``flows/``.
         params_path: the settings file every run reads, as an absolute path or relative to
             the folder a worker runs the flow in.
         settings: the ``orchestration`` settings.
