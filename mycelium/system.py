@@ -101,6 +101,8 @@ class Mycelium:
         self._performance: dict[str, PageHinkley] = {}
         self._drift_rows: dict[str, list[pd.DataFrame]] = {}
         self._last_window: dict[str, FeatureDriftResult] = {}
+        # Cold domains this instance has requested once; later batches only wait in pending/.
+        self._remembering_requested: set[str] = set()
 
     # Paths and handles -----------------------------------------------------------------
 
@@ -194,6 +196,8 @@ class Mycelium:
         actions: list[str] = []
         if record.state in (State.COLD.value, State.REMEMBERING.value) and self.defer_actions:
             return self._request_remembering(record, batch, name)
+        # Hot again: the next time it goes cold, its first batch requests a restore again.
+        self._remembering_requested.discard(domain)
         if record.state in (State.COLD.value, State.REMEMBERING.value):
             # A request during another process's Remembering waits for it on the domain's lock.
             result = self.remember(domain, recent=batch)
@@ -448,7 +452,7 @@ class Mycelium:
 
     # Deferred actions --------------------------------------------------------------------
     # With defer_actions, ingestion saves the rows an action needs and emits an event with
-    # their path; another process runs the action through the methods below.
+    # their path. Another process then runs the action through the methods below.
 
     def _request_patch(self, domain: str) -> Path:
         """Save the rows collected since drift began and emit ``drift_detected`` with their path.
@@ -478,13 +482,17 @@ class Mycelium:
     def _request_remembering(self, record: DomainRecord, batch: pd.DataFrame, name: str) -> BatchResult:
         """Keep a batch for a cold domain in ``pending/`` and emit ``cold_domain_requested``.
 
-        ``replay_pending`` serves the batch once the domain is hot again.
+        ``replay_pending`` serves the batch once the domain is hot again. Only the first batch
+        for a domain in this instance emits the request; later ones emit ``batch_pending``,
+        because the one restore serves every pending batch.
         """
         folder = self._folder("pending", record.name)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.parquet"
         batch.to_parquet(path, index=False)
-        self.events.emit("cold_domain_requested", step=self.step, domain=record.name, window=self.step, scores={},
+        kind = "batch_pending" if record.name in self._remembering_requested else "cold_domain_requested"
+        self._remembering_requested.add(record.name)
+        self.events.emit(kind, step=self.step, domain=record.name, window=self.step, scores={},
                          rows=len(batch), data_path=str(path), version=record.version,
                          bundle_version=record.cold_version, state=record.state)
         return BatchResult(self.step, record.name, record.version, record.state, len(batch),
@@ -537,12 +545,12 @@ class Mycelium:
         return report
 
     def train_new_expert_from_queue(self, queue_folder: Path | str) -> DomainRecord | None:
-        """Train a new expert on a new-domain queue folder; return None when it holds fewer
+        """Train a new expert on a new-domain queue folder; return None when it contains fewer
         than ``new_expert.min_samples`` rows, for example because another run consumed it."""
         folder = Path(queue_folder)
         queued = sum(len(pd.read_parquet(p)) for p in folder.glob("*.parquet"))
         if queued < self.params.new_expert.min_samples:
-            logger.info("Queue %s holds %d rows, below new_expert.min_samples=%d; no expert trained.",
+            logger.info("Queue %s contains %d rows, below new_expert.min_samples=%d; no expert trained.",
                         folder, queued, self.params.new_expert.min_samples)
             return None
         self.controller.reload()

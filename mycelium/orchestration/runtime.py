@@ -25,8 +25,8 @@ def orchestrated_system(params: Params) -> Mycelium:
     if prefect_api_configured():
         events.sinks.append(PrefectEventSink())
     else:
-        logger.warning("PREFECT_API_URL is not set, so drift, new-domain and cold-domain events start no "
-                       "deployment; run `mycelium orchestrate up` or point PREFECT_API_URL at a server.")
+        logger.info("PREFECT_API_URL is not set, so drift, new-domain and cold-domain events start no "
+                    "deployment; run `mycelium orchestrate up` or point PREFECT_API_URL at a server.")
     events.sinks.append(DashboardSink(system.domain_table))
     return system
 

@@ -102,11 +102,17 @@ def test_cold_request_keeps_batch_until_restored(deferred, uci_digits):
     pd.testing.assert_frame_equal(pd.read_parquet(event["data_path"]), batch.reset_index(drop=True))
     assert deferred.events.of_kind("remembering") == []
 
+    second = deferred.ingest(uci_digits.test.iloc[BATCH_ROWS : 2 * BATCH_ROWS], tag=DOMAIN, name="waiting-2")
+
+    assert second.actions == ["remember_requested"]
+    assert len(deferred.events.of_kind("cold_domain_requested")) == 1
+    assert deferred.events.of_kind("batch_pending")[-1]["data_path"].endswith("waiting-2.parquet")
+
     assert deferred.remember(DOMAIN).passed
     served = deferred.replay_pending(DOMAIN)
 
-    assert [s["batch"] for s in served] == ["waiting-1"]
-    assert served[0]["state"] == State.HOT.value
+    assert [s["batch"] for s in served] == ["waiting-1", "waiting-2"]
+    assert [s["state"] for s in served] == [State.HOT.value] * 2
     assert served[0]["accuracy"] > 0.85
     assert deferred.replay_pending(DOMAIN) == []
 
