@@ -116,7 +116,8 @@ class ColdStorage(_Settings):
     (decayed use count times reload cost per byte, see ``cold_storage/activity.py``).
     Domains in ``pinned`` are never swept. ``reload_base_s`` and ``reload_bytes_per_s``
     estimate a domain's reload cost for the activity policy until a restore of that domain
-    has been measured.
+    has been measured. ``remote_url``, when set, is the DVC remote of the cold store in place
+    of the folder ``paths.remote``, for example shared object storage (``s3://...``).
     """
 
     quantization: Quantization
@@ -131,6 +132,15 @@ class ColdStorage(_Settings):
     pinned: list[str] = Field(default_factory=list)
     reload_base_s: float = Field(default=0.5, gt=0)
     reload_bytes_per_s: float = Field(default=50_000_000.0, gt=0)
+    remote_url: str | None = None
+
+    @field_validator("remote_url")
+    @classmethod
+    def _is_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"{value!r} is not a URL such as s3://bucket/mycelium-cold; "
+                             "set a local folder in paths.remote instead")
+        return value
 
 
 class Remembering(_Settings):

@@ -109,7 +109,8 @@ class Mycelium:
     @property
     def store(self) -> ColdStore:
         if self._store is None:
-            self._store = ColdStore(self.params.paths.cold_store, self.params.paths.remote)
+            remote = self.params.cold_storage.remote_url or self.params.paths.remote
+            self._store = ColdStore(self.params.paths.cold_store, remote)
         return self._store
 
     def _folder(self, kind: str, domain: str) -> Path:

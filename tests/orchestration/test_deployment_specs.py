@@ -82,3 +82,28 @@ def test_unknown_setting_is_rejected(tmp_path):
 
     with pytest.raises(ConfigError, match="orchestration.worker_count"):
         load_params(path)
+
+
+def test_cold_store_uses_remote_url(tmp_path, monkeypatch):
+    from mycelium.config import Paths, load_params
+    from mycelium.system import Mycelium
+
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+    project = load_params(PROJECT_ROOT / "params.yaml")
+    paths = Paths(**{name: tmp_path / name for name in Paths.model_fields})
+    storage = project.cold_storage.model_copy(update={"remote_url": "s3://team-bucket/mycelium-cold"})
+    params = project.model_copy(update={"paths": paths, "cold_storage": storage})
+
+    store = Mycelium(params).store
+
+    assert "url = s3://team-bucket/mycelium-cold" in (store.root / ".dvc" / "config").read_text()
+    assert not paths.remote.exists()
+
+
+def test_remote_url_must_be_url():
+    from mycelium.config import ColdStorage, load_params
+
+    project = load_params(PROJECT_ROOT / "params.yaml").cold_storage.model_dump()
+
+    with pytest.raises(ValueError, match="is not a URL"):
+        ColdStorage(**{**project, "remote_url": "storage/shared"})
