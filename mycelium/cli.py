@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    status = commands.add_parser("status", help="table of domains: tags, state, version, size, last use, accuracy")
+    status = commands.add_parser(
+        "status", help="table of domains: tags, state, version, size, last use, accuracy, upstream inputs")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--table-version", type=int, default=None, metavar="N",
                         help="show the table as it was right after change N (see `mycelium history DOMAIN`)")
@@ -214,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "route", help="predict every row of a CSV or Parquet file with the domain its tag routes to",
         description="Predict every row of FILE. Rows carry their tags in a tag column, or --tag applies one tag "
                     "to all rows; untagged rows are routed by domain inference. Writes the predictions with the "
-                    "domain and subgraph version of every row.")
+                    "domain and subgraph version of every row. A row for a chained domain (one with upstream "
+                    "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
+                    "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
+                    "lists the domain, version and chain depth of every stage.")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
