@@ -122,9 +122,10 @@ class Subgraph:
         """Return the outputs that a chained domain reads, and the chain depth that served each row.
 
         ``kinds`` contains ``"logits"`` and/or ``"embedding"`` (the expert's penultimate
-        features). ``groups`` gives each row a group id, such as the slot it fills; each group
-        is served by the depth with its lowest median OOD ratio, as ``predict`` serves a batch
-        (the default is one group). So a patch changes the outputs only of the groups it serves.
+        features). ``groups`` gives each row a group id, such as the slot it fills, and all rows
+        form one group by default. Each group is served by the depth with its lowest median OOD
+        ratio, as ``predict`` serves a batch, so a patch changes only the outputs of the groups
+        it serves.
         """
         unknown = sorted(set(kinds) - {LOGITS, EMBEDDING})
         if unknown:

@@ -30,8 +30,8 @@ LABEL = "label"
 
 @dataclass
 class ServedStage:
-    """What one stage returned: outputs per kind (rows x width), depth per row, and the
-    subgraph version and patch chain that served it."""
+    """Result of one stage: outputs per kind (rows x width), the depth per row, and the
+    subgraph version and patch chain that served the stage."""
 
     outputs: dict[str, np.ndarray]
     depth: np.ndarray

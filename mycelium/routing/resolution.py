@@ -147,7 +147,7 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
 
     best = max(match.specificity for match in matches)
     winners = [match for match in matches if match.specificity == best]
-    domains = sorted({match.domain for match in winners})
+    domains = sorted({match.domain for match in winners}) if len(winners) > 1 else [winners[0].domain]
     if len(domains) > 1:
         first, second = domains[:2]
         raise RoutingError(
@@ -169,7 +169,7 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
         match=winner,
         ignored=tuple(ignored),
         record=record,
-        chain=chain_plan(table, record.name) if record.name in table.upstream else None,
+        chain=chain_plan(table, winner.domain) if table.upstream and winner.domain in table.upstream else None,
     )
 
 
