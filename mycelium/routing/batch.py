@@ -102,7 +102,6 @@ class RoutedPredictions:
             index=index,
         )
 
-
     def _stages(self) -> np.ndarray:
         if self.stages is None:
             return np.full(len(self), (), dtype=object)
@@ -166,7 +165,7 @@ def route_batch(
     domain_of = np.empty(n_rows, dtype=object)
     route = np.empty(n_rows, dtype=object)
     stages = np.empty(n_rows, dtype=object)
-    stages[:] = [()] * n_rows
+    stages.fill(())
     assignments = _assign_domains(system, frame, row_tags, tag_column, name)
 
     parts = []

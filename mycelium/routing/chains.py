@@ -24,8 +24,8 @@ from mycelium.errors import ChainCycleError, RoutingError
 
 LOGITS, EMBEDDING = "logits", "embedding"
 OUTPUT_KINDS = (LOGITS, EMBEDDING)
-# The prefix of an upstream output column: the logits of ``vision/digits`` in slot ``a`` are
-# ``a.logit_0`` to ``a.logit_9``; its penultimate embedding is ``a.embedding_0`` and so on.
+# Name prefix of upstream output columns. The logits of ``vision/digits`` in slot ``a`` are
+# ``a.logit_0`` to ``a.logit_9``, and its penultimate embedding is ``a.embedding_0`` onwards.
 OUTPUT_COLUMN_PREFIX = {LOGITS: "logit_", EMBEDDING: "embedding_"}
 SLOT_SEPARATOR = "."
 
@@ -184,7 +184,7 @@ class ChainPlan:
         return [node for stage in self.stages for node in stage.nodes if not node.inputs]
 
     def describe(self) -> str:
-        """Return one line such as ``vision/digits v3 [a, b] -> vision/digit-pairs v1``."""
+        """Return one line such as ``vision/digits v3 +1 patches [a, b -> logits] -> vision/digit-pairs v1``."""
         parts = []
         for stage in self.stages:
             version = f" v{stage.version}" if stage.version is not None else ""
