@@ -320,7 +320,13 @@ def _describe_change(change: dict[str, Any]) -> str:
     restored = f"restored v{change['restored_version']}: " if change.get("kind") == "restore" else ""
     if current is None:
         return f"{restored}removed from the table"
-    return f"{restored}state={current['state']:<12} subgraph v{current['version']}"
+    line = f"{restored}state={current['state']:<12} subgraph v{current['version']}"
+    upstream = current.get("upstream", [])
+    previous = change.get("previous") or {}
+    if upstream != previous.get("upstream", []):
+        inputs = ", ".join(f"{item['slot']}<-{item['domain']}:{item['output']}" for item in upstream)
+        line += f" upstream=[{inputs}]"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -312,6 +312,17 @@ class TestChainedDomain:
         code, out, _ = run(chained_project, capsys, "status")
         assert out.splitlines()[0].split()[-1] == "upstream"
 
+    def test_history_shows_upstream_changes(self, chained_project, capsys):
+        system_of(chained_project).controller.update(PAIRS, reason="slot a only", upstream=PAIR_INPUTS[:1])
+
+        code, out, _ = run(chained_project, capsys, "history", PAIRS)
+
+        lines = out.strip().splitlines()
+        assert code == 0
+        assert "upstream=[a<-vision/digits:logits, b<-vision/digits:logits]" in lines[0]
+        assert "upstream=" not in lines[1]
+        assert lines[2].endswith("upstream=[a<-vision/digits:logits]  slot a only")
+
     def test_route_records_every_stage(self, chained_project, capsys, digit_pairs):
         rows = digit_pairs.test.iloc[:40]
         rows.to_csv(chained_project / "pairs.csv", index=False)
