@@ -28,7 +28,7 @@ from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs
 from mycelium.routing.chains import ChainStage
 from mycelium.routing.lifecycle import State
-from mycelium.validation.expectations import require_valid
+from mycelium.validation.expectations import require_valid, spec_for_rows
 from mycelium.validation.quarantine import quarantine_batch
 
 if TYPE_CHECKING:
@@ -404,11 +404,7 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:
-    label = spec.get("label_column")
-    if label is not None and (label not in rows.columns or rows[label].isna().any()):
-        # Unlabelled rows are checked against the feature expectations only.
-        spec = {**spec, "columns": [c for c in spec["columns"] if c != label], "label_column": None,
-                "label_values": None}
+    spec = spec_for_rows(spec, rows)
     columns = [c for c in spec["columns"] if c in rows.columns]
     try:
         require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine)

@@ -10,11 +10,12 @@ import pytest
 
 from mycelium.config import Paths, Params, load_params
 from mycelium.errors import InputError
-from mycelium.experts.fitting import chain_features
+from mycelium.experts.fitting import chain_features, train_chained_expert
 from mycelium.routing.batch import chain_inputs, route_batch
+from mycelium.routing.chains import UpstreamInput, plan_chain
 from mycelium.system import Mycelium
 
-from conftest import DIGITS_PATCH, PAIR_INPUTS, PAIRS_DOMAIN
+from conftest import DIGITS_PATCH, MIN_TAIL_SAMPLES, PAIR_INPUTS, PAIR_MLP, PAIRS_DOMAIN, SEED, TARGET_FPR
 
 DIGITS = "vision/digits"
 PAIRS = PAIRS_DOMAIN
@@ -146,3 +147,35 @@ class TestChainedRouting:
         assert routed.stages[0][0]["depth"] == 1
         assert routed.stages[0][1]["depth"] == 0
         assert "vision/digits v2 +1 patches" in routed.route[0]
+
+
+class TestChainLifecycle:
+    def test_cold_upstream_is_remembered(self, system, digit_pairs):
+        system.freeze(DIGITS, reason="idle")
+        assert system.controller.domain(DIGITS).state == "cold"
+
+        result = system.ingest(digit_pairs.test.iloc[:BATCH_ROWS], PAIRS, name="after-freeze")
+
+        digits = system.controller.domain(DIGITS)
+        assert digits.state == "hot"
+        assert [e["domain"] for e in system.events.events if e["event"] == "gate_passed"] == [DIGITS]
+        assert result.stages[0]["version"] == digits.version
+        assert result.accuracy > 0.8
+
+    def test_embedding_chain_trains_and_serves(self, system, digits_cnn, digit_pairs):
+        name = "vision/digit-pairs-embedding"
+        inputs = [UpstreamInput("a", DIGITS, "embedding"), UpstreamInput("b", DIGITS, "embedding")]
+        plan = plan_chain(name, lambda domain: inputs if domain == name else [])
+        expert = train_chained_expert(plan, digit_pairs.train, digit_pairs.holdout, PAIR_MLP,
+                                      {DIGITS: digits_cnn}.__getitem__, target_fpr=TARGET_FPR, seed=SEED,
+                                      min_tail_samples=MIN_TAIL_SAMPLES)
+        reference = chain_features(plan, digit_pairs.train, {DIGITS: digits_cnn}.__getitem__)
+        system.register(expert, tags=[name], reference=reference, reason="embedding pairs", upstream=inputs)
+
+        result = system.ingest(digit_pairs.test.iloc[:BATCH_ROWS], name)
+
+        hidden = digits_cnn.expert.config["hidden"]
+        assert list(expert.schema.columns[:2]) == ["a.embedding_0", "a.embedding_1"]
+        assert len(expert.schema.columns) == 2 * hidden
+        assert [s["domain"] for s in result.stages] == [DIGITS, DIGITS, name]
+        assert result.accuracy > 0.75
