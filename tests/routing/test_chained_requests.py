@@ -1,5 +1,5 @@
 """Chained requests on real digits: pairs of UCI (and MNIST) images go through the digits CNN, and
-a small MLP over the two slots' logits says whether the digits are equal."""
+a small MLP over the two slots' logits classifies whether the digits are equal."""
 
 import copy
 from pathlib import Path
