@@ -23,10 +23,19 @@ def prepare_table(name: str, params_path: str) -> dict:
     return {"name": table.name, "rows": table.rows, "quarantined": table.quarantined}
 
 
+@task(cache_policy=NO_CACHE)
+def prepare_pairs(name: str, params_path: str) -> dict:
+    params = load_params(ROOT / params_path)
+    table = stage.prepare_pairs(name, params.prepare.pairs[name], params)
+    return {"name": table.name, "rows": table.rows, "quarantined": table.quarantined}
+
+
 @flow(name="prepare")
 def prepare_flow(params_path: str = "params.yaml") -> list[dict]:
     params = load_params(ROOT / params_path)
     tables = [prepare_table(name, params_path) for name in params.prepare.datasets]
+    # Pair tables are drawn from the prepared parts, so they come last.
+    tables += [prepare_pairs(name, params_path) for name in params.prepare.pairs]
     (params.paths.prepared / "summary.json").write_text(json.dumps(tables, indent=1))
     return tables
 

@@ -21,7 +21,8 @@ def train_domain(domain: str, params_path: str) -> dict:
 @flow(name="train-experts")
 def train_experts_flow(params_path: str = "params.yaml") -> list[dict]:
     params = load_params(ROOT / params_path)
-    rows = [train_domain(domain, params_path) for domain in params.experts]
+    # Upstream domains first: a chained domain trains on their saved experts' outputs.
+    rows = [train_domain(domain, params_path) for domain in params.training_order()]
     stage.write_summary(params, rows)
     return rows
 

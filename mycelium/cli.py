@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    status = commands.add_parser("status", help="table of domains: tags, state, version, size, last use, accuracy")
+    status = commands.add_parser(
+        "status", help="table of domains: tags, state, version, size, last use, accuracy, upstream inputs")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--table-version", type=int, default=None, metavar="N",
                         help="show the table as it was right after change N (see `mycelium history DOMAIN`)")
@@ -241,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         "route", help="predict every row of a CSV or Parquet file with the domain its tag routes to",
         description="Predict every row of FILE. Rows carry their tags in a tag column, or --tag applies one tag "
                     "to all rows; untagged rows are routed by domain inference. Writes the predictions with the "
-                    "domain and subgraph version of every row.")
+                    "domain and subgraph version of every row. A row for a chained domain (one with upstream "
+                    "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
+                    "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
+                    "lists the domain, version and chain depth of every stage.")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
@@ -354,7 +358,13 @@ def _describe_change(change: dict[str, Any]) -> str:
     restored = f"restored v{change['restored_version']}: " if change.get("kind") == "restore" else ""
     if current is None:
         return f"{restored}removed from the table"
-    return f"{restored}state={current['state']:<12} subgraph v{current['version']}"
+    line = f"{restored}state={current['state']:<12} subgraph v{current['version']}"
+    upstream = current.get("upstream", [])
+    previous = change.get("previous") or {}
+    if upstream != previous.get("upstream", []):
+        inputs = ", ".join(f"{item['slot']}<-{item['domain']}:{item['output']}" for item in upstream)
+        line += f" upstream=[{inputs}]"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

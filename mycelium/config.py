@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,12 +48,55 @@ class DatasetSplit(_Settings):
         return self
 
 
+class PairTable(_Settings):
+    """A table of row pairs labelled equal (1) or not (0), drawn within each part of the prepared
+    table ``of``; ``pairs`` sets how many pairs each listed part gets."""
+
+    of: str
+    pairs: dict[Literal["train", "calibration", "stream", "test"], int]
+    equal_fraction: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("pairs")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {part: count for part, count in value.items() if count < 1}
+        if bad:
+            raise ValueError(f"pair counts must be at least 1 (leave a part out for none), got {bad}")
+        return value
+
+
 class Prepare(_Settings):
     datasets: dict[str, DatasetSplit]
+    pairs: dict[str, PairTable] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _pairs_of_known_tables(self) -> "Prepare":
+        unknown = {name: table.of for name, table in self.pairs.items() if table.of not in self.datasets}
+        if unknown:
+            raise ValueError(f"pairs {unknown} are drawn from tables not defined under prepare.datasets")
+        clashing = sorted(set(self.pairs) & set(self.datasets))
+        if clashing:
+            raise ValueError(f"{clashing} are defined both under prepare.datasets and prepare.pairs; rename one")
+        return self
+
+    @property
+    def tables(self) -> set[str]:
+        """Names of every prepared table: the data sets and the pair tables."""
+        return set(self.datasets) | set(self.pairs)
+
+
+class UpstreamSettings(_Settings):
+    """One upstream input of a chained domain: slot ``slot`` reads ``output`` of ``domain``."""
+
+    slot: str
+    domain: str
+    output: Literal["logits", "embedding"] = "logits"
 
 
 class ExpertTraining(_Settings):
     dataset: str | None = None
+    # Inputs from other domains' experts; the expert then trains on their outputs.
+    upstream: list[UpstreamSettings] = Field(default_factory=list)
     architecture: str
     config: dict[str, Any] = Field(default_factory=dict)
     normalization: Literal["per_feature", "global"] = "per_feature"
@@ -237,7 +281,7 @@ class Params(_Settings):
 
     @model_validator(mode="after")
     def _datasets_exist(self) -> "Params":
-        known = set(self.prepare.datasets)
+        known = self.prepare.tables
         used = {e.dataset for e in self.experts.values()} | {
             f.dataset for phase in self.stream.phases for f in phase.feeds
         }
@@ -247,7 +291,22 @@ class Params(_Settings):
         no_size = sorted({f.dataset for p in self.stream.phases for f in p.feeds} - set(self.stream.batch_size))
         if no_size:
             raise ValueError(f"stream.batch_size has no entry for {no_size}")
+        unknown = {name: [u.domain for u in e.upstream if u.domain not in self.experts]
+                   for name, e in self.experts.items()}
+        unknown = {name: domains for name, domains in unknown.items() if domains}
+        if unknown:
+            raise ValueError(f"experts {unknown} name upstream domains that are not under experts")
+        try:
+            TopologicalSorter({name: [u.domain for u in e.upstream] for name, e in self.experts.items()}).prepare()
+        except CycleError as exc:
+            cycle = " -> ".join(reversed(exc.args[1]))
+            raise ValueError(f"the upstream inputs of experts form the cycle {cycle}; remove one of them") from None
         return self
+
+    def training_order(self) -> list[str]:
+        """Return the domains under ``experts`` with every upstream domain before its consumers."""
+        graph = {name: [u.domain for u in e.upstream] for name, e in self.experts.items()}
+        return list(TopologicalSorter(graph).static_order())
 
     def resolve(self, root: Path) -> "Params":
         """Return a copy whose paths are absolute, relative to ``root``."""

@@ -25,6 +25,15 @@ class RoutingError(MyceliumError, LookupError):
     """No domain could be chosen for an input, or a tag is unknown."""
 
 
+class ChainCycleError(RoutingError):
+    """Declared upstream inputs would make the chain graph cyclic. ``cycle`` lists the domains
+    in data-flow order, starting and ending with the same domain."""
+
+    def __init__(self, message: str, cycle: list[str]):
+        super().__init__(message)
+        self.cycle = cycle
+
+
 class IllegalTransitionError(MyceliumError):
     """A lifecycle transition that the state machine does not allow."""
 

@@ -29,6 +29,7 @@ from mycelium.experts.training import predict_logits
 from mycelium.hashing import sha256_file
 from mycelium.patches.chain import PatchedExpert
 from mycelium.patches.lowrank import LowRankPatch
+from mycelium.routing.chains import EMBEDDING, LOGITS
 
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "subgraph.json"
@@ -106,16 +107,51 @@ class Subgraph:
         """
         x = self.inputs(frame)
         ratios = self.ood_ratios(x)
-        if per_row:
-            depth = ratios.argmin(axis=1)
-        else:
-            depth = np.full(len(frame), int(np.median(ratios, axis=0).argmin()))
+        depth = _serving_depth(ratios, per_row)
         labels = np.empty(len(frame), dtype=np.int64)
         for level in np.unique(depth):
             rows = np.flatnonzero(depth == level)
             logits = predict_logits(_AtDepth(self.module, int(level)), x[rows])
             labels[rows] = logits.argmax(dim=1).numpy()
         return Prediction(labels, depth, ratios[np.arange(len(frame)), depth])
+
+    @torch.no_grad()
+    def outputs(
+        self, frame: pd.DataFrame, kinds: tuple[str, ...], *, groups: np.ndarray | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Return the outputs that a chained domain reads, and the chain depth that served each row.
+
+        ``kinds`` contains ``"logits"`` and/or ``"embedding"`` (the expert's penultimate
+        features). ``groups`` gives each row a group id, such as the slot it fills, and all rows
+        form one group by default. Each group is served by the depth with its lowest median OOD
+        ratio, as ``predict`` serves a batch, so a patch changes only the outputs of the groups
+        it serves.
+        """
+        unknown = sorted(set(kinds) - {LOGITS, EMBEDDING})
+        if unknown:
+            raise RoutingError(f"Unknown output kinds {unknown} of {self.domain!r}; use {LOGITS!r} or {EMBEDDING!r}.")
+        x = self.inputs(frame)
+        ratios = self.ood_ratios(x)
+        depth = np.empty(len(frame), dtype=np.int64)
+        for group in np.unique(groups) if groups is not None else [None]:
+            rows = slice(None) if group is None else np.flatnonzero(groups == group)
+            depth[rows] = _serving_depth(ratios[rows], per_row=False)
+        self.module.eval()
+        parts: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {kind: [] for kind in kinds}
+        for level in np.unique(depth):
+            rows = np.flatnonzero(depth == level)
+            if LOGITS in kinds:
+                parts[LOGITS].append((rows, self.module(x[rows], depth=int(level))))
+            if EMBEDDING in kinds:
+                parts[EMBEDDING].append((rows, self.module.features(x[rows], depth=int(level))))
+        values = {}
+        for kind, pieces in parts.items():
+            width = pieces[0][1].shape[1] if pieces else 0
+            array = np.empty((len(frame), width), dtype=np.float32)
+            for rows, tensor in pieces:
+                array[rows] = tensor.numpy()
+            values[kind] = array
+        return values, depth
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Return every weight, prefixed ``expert.`` or ``patches.<i>.``, detached and contiguous."""
@@ -180,6 +216,14 @@ class Subgraph:
             ],
             info=dict(description.get("info", {})),
         )
+
+
+def _serving_depth(ratios: np.ndarray, per_row: bool) -> np.ndarray:
+    """Return, per row, the depth with the lowest OOD ratio (``per_row``) or the depth with the
+    lowest median ratio over the whole batch."""
+    if per_row:
+        return ratios.argmin(axis=1)
+    return np.full(len(ratios), int(np.median(ratios, axis=0).argmin()))
 
 
 class _AtDepth(torch.nn.Module):

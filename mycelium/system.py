@@ -41,6 +41,9 @@ from mycelium.errors import (
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
+from mycelium.routing.batch import chain_inputs
+from mycelium.routing.chains import UpstreamInput
+from mycelium.routing.chained import StageRecord, compute_inputs, schema_columns, subgraph_server
 from mycelium.routing.controller import DomainRecord, MetaController
 from mycelium.routing.lifecycle import State
 from mycelium.routing.table import RoutingTable
@@ -68,6 +71,8 @@ class BatchResult:
     depth_counts: dict[int, int] = field(default_factory=dict)
     decision: dict[str, Any] | None = None
     actions: list[str] = field(default_factory=list)
+    # For a chained domain: each stage's slot, domain, version, patches and depth counts, upstream first.
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Mycelium:
@@ -118,13 +123,29 @@ class Mycelium:
 
     # Registration ------------------------------------------------------------------------
 
-    def register(self, subgraph: Subgraph, *, tags: list[str], reference: pd.DataFrame, reason: str) -> DomainRecord:
+    def register(
+        self,
+        subgraph: Subgraph,
+        *,
+        tags: list[str],
+        reference: pd.DataFrame,
+        reason: str,
+        upstream: list[UpstreamInput | dict[str, Any]] | None = None,
+    ) -> DomainRecord:
         """Register a freshly trained subgraph under ``tags`` and make it hot.
 
         ``reference`` is the labelled training data: drift tests compare windows against it and
-        it seeds the replay reservoir from which the cold-storage buffer is drawn.
+        it seeds the replay reservoir from which the cold-storage buffer is drawn. ``upstream``
+        declares a chained domain's inputs; its ``reference`` is then in the expert's input
+        columns (the upstream outputs, e.g. from ``chain_features``), not in the request format.
         """
         domain = subgraph.domain
+        missing = [column for column in subgraph.schema.columns if column not in reference.columns]
+        if missing:
+            raise InputError(
+                f"The reference data of {domain!r} lacks its input columns {missing[:5]}; pass the expert's "
+                "training rows (for a chained domain: the upstream outputs, not the request columns)."
+            )
         model_dir = self._save_hot_copy(subgraph, version=1)
         record = DomainRecord(
             name=domain,
@@ -136,6 +157,7 @@ class Mycelium:
             model_dir=model_dir,
             columns=list(subgraph.schema.columns),
             metrics={"holdout_accuracy": subgraph.info.get("holdout_accuracy")},
+            upstream=list(upstream or []),
         )
         self.controller.register(record, reason=reason)
         record = self.controller.set_state(domain, State.HOT, reason="trained and saved")
@@ -179,7 +201,11 @@ class Mycelium:
         """Route one batch, serve it, run detection and carry out the decided action.
 
         A batch that fails validation is quarantined and DataValidationError is raised; rows
-        that no domain accepts go to the new-domain queue.
+        that no domain accepts go to the new-domain queue. A batch for a chained domain carries
+        each upstream slot's input as prefixed columns (``a.px_00``): the upstream stages run
+        first, and the domain's own detection, patches and reservoir then work on their
+        outputs. Chained batches must be tagged, because inference matches a batch's columns
+        against a domain's own input columns.
         """
         self.step += 1
         name = name or f"step-{self.step:05d}"
@@ -199,6 +225,10 @@ class Mycelium:
             return self._request_remembering(record, batch, name)
         # Hot again: the next time it goes cold, its first batch requests a restore again.
         self._remembering_requested.discard(domain)
+        upstream: list[StageRecord] = []
+        if domain in self.controller.table.upstream:
+            chained = chain_inputs(self, domain, batch, validate=True, name=name)
+            batch, upstream = chained.frame, chained.stages
         if record.state in (State.COLD.value, State.REMEMBERING.value):
             # A request during another process's Remembering waits for it on the domain's lock.
             result = self.remember(domain, recent=batch)
@@ -211,6 +241,7 @@ class Mycelium:
                     "Retry after fixing the stored bundle or roll back with `mycelium remember`."
                 )
         subgraph = self.subgraph(domain)
+        served_by = self.controller.domain(domain)
         try:
             require_valid(batch, subgraph.info["expectations"], name=f"{domain}:{name}",
                           quarantine_dir=self.params.paths.quarantine)
@@ -234,13 +265,17 @@ class Mycelium:
         elif decision.action is Action.PATCH:
             self.train_patch(domain)
             actions.append("patched")
-        record = self.controller.domain(domain)
         depth_counts = {int(d): int(c) for d, c in zip(*np.unique(prediction.depth, return_counts=True))}
+        stages = []
+        if upstream:
+            served = StageRecord("(requested)", domain, served_by.version, tuple(served_by.patches), prediction.depth)
+            stages = [stage.summary() for stage in [*upstream, served]]
+        record = self.controller.domain(domain)
         self.events.emit("batch_routed", step=self.step, time=self.clock(), batch=name, domain=domain,
                          version=record.version, state=record.state, rows=len(batch), accuracy=accuracy,
-                         depth_counts=depth_counts, routing=evidence, decision=decision.to_dict())
+                         depth_counts=depth_counts, routing=evidence, decision=decision.to_dict(), stages=stages)
         return BatchResult(self.step, domain, record.version, record.state, len(batch), accuracy,
-                           depth_counts, decision.to_dict(), actions)
+                           depth_counts, decision.to_dict(), actions, stages)
 
     def _require_finite(self, batch: pd.DataFrame, name: str) -> None:
         """Quarantine an untagged batch whose features are not all finite numbers or whose labels
@@ -1053,16 +1088,23 @@ class Mycelium:
 
     def evaluate(self, domain: str, frame: pd.DataFrame, *, batch_size: int = 100) -> float:
         """Return the accuracy of ``domain``'s served subgraph on labelled ``frame``, served in
-        batches of ``batch_size`` rows as the stream would send them."""
+        batches of ``batch_size`` rows as the stream would send them.
+
+        For a chained domain ``frame`` is in the request format, and every upstream domain
+        must be hot too. Evaluation counts no use and runs no validation.
+        """
         subgraph = self.subgraph(domain)
+        plan = self.controller.chain(domain)
         correct = 0
         for start in range(0, len(frame), batch_size):
             batch = frame.iloc[start : start + batch_size]
+            if plan.is_chained:
+                batch = compute_inputs(plan, batch, subgraph_server(self.subgraph), schema_columns(self.subgraph)).frame
             correct += int((subgraph.predict(batch).labels == batch[LABEL].to_numpy()).sum())
         return correct / len(frame)
 
     def domain_table(self) -> list[dict[str, Any]]:
-        """Return one row per domain: tags, state, version, size, last use and accuracy."""
+        """Return one row per domain: tags, state, version, size, last use, accuracy and upstream inputs."""
         return domain_rows(self.controller.table)
 
 
@@ -1080,6 +1122,7 @@ def domain_rows(table: RoutingTable) -> list[dict[str, Any]]:
             "last_used": record.locality.last_used,
             "uses": record.locality.uses,
             "holdout_accuracy": record.metrics.get("holdout_accuracy"),
+            "upstream": ", ".join(f"{item.slot}<-{item.domain}:{item.output}" for item in record.upstream),
         }
         for record in sorted(table.domains.values(), key=lambda r: r.name)
     ]

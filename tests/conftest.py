@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 
 from mycelium.config import ExpertTraining, Patch
+from mycelium.data.pairs import make_pairs
 from mycelium.data.sources import load_mnist_resampled, load_uci_digits
-from mycelium.experts.fitting import train_expert
+from mycelium.experts.fitting import train_chained_expert, train_expert
 from mycelium.hashing import sha256_state_dict
 from mycelium.patches.training import PatchReport, train_patch
+from mycelium.routing.chains import ChainPlan, UpstreamInput, plan_chain
 from mycelium.subgraph import Subgraph
 
 SEED = 7
@@ -29,6 +31,10 @@ DIGITS_CNN = ExpertTraining(
     lr=0.003,
 )
 DIGITS_PATCH = Patch(rank=4, alpha=8.0, epochs=15, lr=0.003, default_min_samples=10)
+PAIRS_DOMAIN = "vision/digit-pairs"
+PAIR_INPUTS = [UpstreamInput("a", "vision/digits", "logits"), UpstreamInput("b", "vision/digits", "logits")]
+PAIR_MLP = ExpertTraining(architecture="mlp", config={"hidden": [32, 16], "dropout": 0.1},
+                          normalization="per_feature", epochs=30, lr=0.003)
 
 
 @dataclass(frozen=True)
@@ -101,3 +107,27 @@ def patched_digits_cnn(digits_cnn: Subgraph, mnist_digits: Splits) -> PatchRun:
     )
     after = sha256_state_dict(digits_cnn.expert.state_dict())
     return PatchRun(patched, report, before, after)
+
+
+@pytest.fixture(scope="session")
+def digit_pairs(uci_digits: Splits) -> Splits:
+    """Balanced pairs of UCI digits drawn within each split: 2,000 train, 300 holdout, 400 test."""
+    return Splits(
+        make_pairs(uci_digits.train, 2000, seed=SEED),
+        make_pairs(uci_digits.holdout, 300, seed=SEED + 1),
+        make_pairs(uci_digits.test, 400, seed=SEED + 2),
+    )
+
+
+@pytest.fixture(scope="session")
+def pair_plan() -> ChainPlan:
+    """vision/digit-pairs reading the logits of vision/digits in slots a and b."""
+    return plan_chain(PAIRS_DOMAIN, lambda name: PAIR_INPUTS if name == PAIRS_DOMAIN else [])
+
+
+@pytest.fixture(scope="session")
+def pair_expert(pair_plan: ChainPlan, digit_pairs: Splits, digits_cnn: Subgraph) -> Subgraph:
+    """A small MLP over both slots' logits of ``digits_cnn``: equal digits or not."""
+    return train_chained_expert(pair_plan, digit_pairs.train, digit_pairs.holdout, PAIR_MLP,
+                                {"vision/digits": digits_cnn}.__getitem__, target_fpr=TARGET_FPR, seed=SEED,
+                                min_tail_samples=MIN_TAIL_SAMPLES)

@@ -15,11 +15,15 @@ import yaml
 
 from mycelium.cli import main
 from mycelium.config import load_params
+from mycelium.experts.fitting import chain_features
 from mycelium.routing.tags import safe_name
 from mycelium.system import Mycelium
 
+from conftest import PAIR_INPUTS, PAIRS_DOMAIN
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "vision/digits"
+PAIRS = PAIRS_DOMAIN
 FIRST_HOT_COPY = f"models/{safe_name(DOMAIN)}/v0001"
 SUBCOMMANDS = ["status", "history", "sweep", "remember", "route", "rollback", "train-patch"]
 
@@ -33,6 +37,15 @@ def project(tmp_path, digits_cnn, uci_digits) -> Path:
     system = Mycelium(load_params(tmp_path / "params.yaml"))
     system.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI digits")
     return tmp_path
+
+
+@pytest.fixture
+def chained_project(project, digits_cnn, pair_expert, pair_plan, digit_pairs) -> Path:
+    """``project`` with the chained vision/digit-pairs registered over vision/digits."""
+    reference = chain_features(pair_plan, digit_pairs.train, {DOMAIN: digits_cnn}.__getitem__)
+    system_of(project).register(copy.deepcopy(pair_expert), tags=[PAIRS], reference=reference, reason="pairs",
+                                upstream=PAIR_INPUTS)
+    return project
 
 
 def run(project: Path, capsys, *args: str) -> tuple[int, str, str]:
@@ -82,7 +95,7 @@ class TestRoute:
 
         assert (code, err) == (0, "")
         result = pd.read_csv(project / "batch.predictions.csv")
-        assert list(result.columns) == ["row", "tag", "label", "prediction", "domain", "version", "depth", "route"]
+        assert list(result.columns) == ["row", "tag", "label", "prediction", "domain", "version", "depth", "stages", "route"]
         assert result["row"].tolist() == list(range(50))
         assert result["label"].tolist() == rows["label"].tolist()
         expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
@@ -103,7 +116,7 @@ class TestRoute:
 
         assert (code, err) == (0, "")
         result = pd.read_parquet(output)
-        assert list(result.columns) == ["row", "prediction", "domain", "version", "depth", "route"]
+        assert list(result.columns) == ["row", "prediction", "domain", "version", "depth", "stages", "route"]
         expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
         assert result["prediction"].tolist() == expected.tolist()
         uses = system_of(project).controller.domain(DOMAIN).locality.uses
@@ -286,3 +299,50 @@ class TestPatchAndRollback:
         code, _, err = run(project, capsys, "train-patch", DOMAIN, str(project / "nope.parquet"))
 
         assert_one_line_error(code, err, r"Data file .*nope\.parquet not found")
+
+
+class TestChainedDomain:
+    def test_status_shows_upstream_column(self, chained_project, capsys):
+        code, out, _ = run(chained_project, capsys, "status", "--json")
+
+        rows = {row["domain"]: row for row in json.loads(out)}
+        assert code == 0
+        assert rows[PAIRS]["upstream"] == "a<-vision/digits:logits, b<-vision/digits:logits"
+        assert rows[DOMAIN]["upstream"] == ""
+        code, out, _ = run(chained_project, capsys, "status")
+        assert out.splitlines()[0].split()[-1] == "upstream"
+
+    def test_history_shows_upstream_changes(self, chained_project, capsys):
+        system_of(chained_project).controller.update(PAIRS, reason="slot a only", upstream=PAIR_INPUTS[:1])
+
+        code, out, _ = run(chained_project, capsys, "history", PAIRS)
+
+        lines = out.strip().splitlines()
+        assert code == 0
+        assert "upstream=[a<-vision/digits:logits, b<-vision/digits:logits]" in lines[0]
+        assert "upstream=" not in lines[1]
+        assert lines[2].endswith("upstream=[a<-vision/digits:logits]  slot a only")
+
+    def test_route_records_every_stage(self, chained_project, capsys, digit_pairs):
+        rows = digit_pairs.test.iloc[:40]
+        rows.to_csv(chained_project / "pairs.csv", index=False)
+
+        code, out, err = run(chained_project, capsys, "route", str(chained_project / "pairs.csv"), "--tag", PAIRS,
+                             "--no-progress")
+
+        assert (code, err) == (0, "")
+        result = pd.read_csv(chained_project / "pairs.predictions.csv")
+        assert set(result["domain"]) == {PAIRS}
+        assert set(result["stages"]) == {
+            "a: vision/digits v1 depth 0; b: vision/digits v1 depth 0; vision/digit-pairs v1 depth 0"
+        }
+        assert (result["prediction"] == rows["label"].to_numpy()).mean() > 0.8
+        assert "40 rows -> vision/digit-pairs" in out
+
+    def test_route_without_slot_columns_says_format(self, chained_project, capsys, uci_digits):
+        uci_digits.test.iloc[:10].to_csv(chained_project / "digits.csv", index=False)
+
+        code, _, err = run(chained_project, capsys, "route", str(chained_project / "digits.csv"), "--tag", PAIRS)
+
+        assert_one_line_error(code, err, r"missing request columns \['a\.px_00'.*a\.COLUMN for 'vision/digits', "
+                                         r"b\.COLUMN for 'vision/digits'")

@@ -22,7 +22,7 @@ from mycelium.errors import ConfigError, IntegrityError, StorageError
 from mycelium.events import EventLog
 from mycelium.experts.training import fit
 from mycelium.subgraph import Subgraph
-from mycelium.validation.expectations import validate_frame
+from mycelium.validation.expectations import spec_for_rows, validate_frame
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -203,7 +203,8 @@ def restore_and_gate(
     if recent is None:
         result.finetune_note = "no recent inputs given; fine-tune skipped"
     else:
-        result.expectations_passed = validate_frame(recent, loaded.expectations, name=f"{domain}:recent").success
+        spec = spec_for_rows(loaded.expectations, recent)
+        result.expectations_passed = validate_frame(recent, spec, name=f"{domain}:recent").success
         result.finetune_note = "recent inputs break the data expectations; fine-tune skipped"
     if result.expectations_passed:
         moved, why = _inputs_moved(tune, recent, params, columns)

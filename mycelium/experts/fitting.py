@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,8 @@ from mycelium.drift.ood import MahalanobisOOD
 from mycelium.errors import EmptyDataError
 from mycelium.experts.base import InputSchema, build_expert
 from mycelium.experts.training import accuracy, fit, predict_logits
+from mycelium.routing.chained import compute_inputs, schema_columns, subgraph_server
+from mycelium.routing.chains import ChainPlan
 from mycelium.subgraph import Subgraph
 from mycelium.validation.expectations import build_expectations
 
@@ -97,3 +101,35 @@ def train_expert(
     }
     logger.info("Trained %s expert for %s: holdout accuracy %.3f", settings.architecture, domain, holdout_accuracy)
     return Subgraph(domain, schema, expert, [], [reference], info)
+
+
+def chain_features(plan: ChainPlan, frame: pd.DataFrame, subgraph_of: Callable[[str], Subgraph]) -> pd.DataFrame:
+    """Return the input of ``plan``'s domain for request rows ``frame``: the upstream outputs
+    of ``subgraph_of(domain)`` for every slot, and the label column when ``frame`` has one."""
+    return compute_inputs(plan, frame, subgraph_server(subgraph_of), schema_columns(subgraph_of)).frame
+
+
+def train_chained_expert(
+    plan: ChainPlan,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    settings: ExpertTraining,
+    subgraph_of: Callable[[str], Subgraph],
+    *,
+    target_fpr: float,
+    seed: int,
+    min_tail_samples: int = 10,
+    expectations_margin: float = 2.0,
+) -> Subgraph:
+    """Train the expert of a chained domain on the upstream outputs of request rows.
+
+    ``train`` and ``holdout`` are in the request format (``a.px_00`` ...). The upstream
+    subgraphs stay as they are; the new expert learns from their outputs, and its ``info``
+    records the declared ``upstream`` inputs next to the usual training facts.
+    """
+    features_train = chain_features(plan, train, subgraph_of)
+    features_holdout = chain_features(plan, holdout, subgraph_of)
+    subgraph = train_expert(plan.domain, features_train, features_holdout, settings, target_fpr=target_fpr,
+                            seed=seed, min_tail_samples=min_tail_samples, expectations_margin=expectations_margin)
+    subgraph.info["upstream"] = [asdict(item) for item in plan.stages[-1].nodes[0].inputs]
+    return subgraph

@@ -77,8 +77,30 @@ def domain_metrics(params: Params, summary: dict[str, Any], events: list[dict[st
                 entry["restore_accuracy_change"] = {
                     d: restored["accuracy"][d] - entry["accuracy_before_sweep"][d] for d in restored["accuracy"]
                 }
+        if row.get("upstream"):
+            entry.update(chain_metrics(measurements, events, domain, row["upstream"]))
         metrics[domain] = entry
     return metrics
+
+
+def chain_metrics(measurements: list[dict[str, Any]], events: list[dict[str, Any]], domain: str,
+                  upstream: str) -> dict[str, Any]:
+    """Return a chained domain's test accuracy at the end, and how many rows each stage served
+    at each subgraph version and chain depth (``{"a": {"vision/digits v2 depth 1": 200}}``)."""
+    entry: dict[str, Any] = {"upstream": upstream}
+    end = _measurement(measurements, domain, "end", last=True)
+    if end:
+        entry["accuracy_end"] = end["accuracy"]
+    served: dict[str, Counter] = {}
+    for event in events:
+        if event["event"] != "batch_routed" or event["domain"] != domain:
+            continue
+        for stage in event.get("stages", []):
+            for depth, rows in stage["depth_counts"].items():
+                key = f"{stage['domain']} v{stage['version']} depth {depth}"
+                served.setdefault(stage["slot"], Counter())[key] += rows
+    entry["rows_served_by_stage"] = {slot: dict(counts) for slot, counts in served.items()}
+    return entry
 
 
 def plot_accuracy(params: Params, accuracy: pd.DataFrame, events: list[dict[str, Any]]) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mycelium.config import DatasetSplit, Params
+from mycelium.config import DatasetSplit, PairTable, Params
+from mycelium.data.pairs import make_pairs
 from mycelium.data.sources import load_source
 from mycelium.validation.expectations import build_expectations, split_valid_rows, validate_frame
 
@@ -72,14 +73,38 @@ def prepare_table(name: str, split: DatasetSplit, source: pd.DataFrame, params: 
     return PreparedTable(name, folder, {p: len(f) for p, f in parts.items()}, quarantined)
 
 
+def prepare_pairs(name: str, settings: PairTable, params: Params) -> PreparedTable:
+    """Draw the pair table ``name`` within each part of the prepared table ``settings.of``.
+
+    Pairs never mix parts, so no test image of the source table appears in a training pair.
+    Each part is validated with Great Expectations like the source tables; parts not listed
+    in ``settings.pairs`` are not written.
+    """
+    folder = params.paths.prepared / name
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for offset, (part, count) in enumerate(sorted(settings.pairs.items())):
+        source = read_part(params, settings.of, part)
+        parts[part] = make_pairs(source, count, equal_fraction=settings.equal_fraction, seed=params.seed + offset)
+    spec = build_expectations(pd.concat(parts.values(), ignore_index=True), label_column="label")
+    for part, frame in parts.items():
+        validate_frame(frame, spec, name=f"{name}/{part}")
+        frame.to_parquet(folder / f"{part}.parquet", index=False)
+    (folder / "expectations.json").write_text(json.dumps(spec, indent=1))
+    logger.info("Prepared pairs %s of %s: %s", name, settings.of, {p: len(f) for p, f in parts.items()})
+    return PreparedTable(name, folder, {p: len(f) for p, f in parts.items()}, 0)
+
+
 def prepare(params: Params) -> list[PreparedTable]:
-    """Run the prepare stage for every table in ``params.prepare.datasets``."""
+    """Run the prepare stage for every table in ``params.prepare.datasets``, then the pair tables."""
     sources: dict[str, pd.DataFrame] = {}
     tables = []
     for name, split in params.prepare.datasets.items():
         if split.source not in sources:
             sources[split.source] = load_source(split.source)
         tables.append(prepare_table(name, split, sources[split.source], params))
+    for name, settings in params.prepare.pairs.items():
+        tables.append(prepare_pairs(name, settings, params))
     summary = {t.name: {"rows": t.rows, "quarantined": t.quarantined} for t in tables}
     (params.paths.prepared / "summary.json").write_text(json.dumps(summary, indent=1))
     return tables

@@ -19,7 +19,9 @@ import pandas as pd
 
 from mycelium.config import Params
 from mycelium.errors import ConfigError, DataValidationError
+from mycelium.experts.fitting import chain_features
 from mycelium.pipeline.prepare import read_part
+from mycelium.pipeline.train import chain_plan, upstream_inputs
 from mycelium.routing.tags import safe_name
 from mycelium.subgraph import load_subgraph
 from mycelium.system import BatchResult, Mycelium
@@ -117,11 +119,19 @@ class StreamRun:
         self.system = Mycelium(params, clock=self.clock)
 
     def register_initial_experts(self) -> None:
-        """Register the experts of the train_experts stage under their domain tags."""
-        for domain, settings in self.params.experts.items():
+        """Register the experts of the train_experts stage under their domain tags.
+
+        Upstream domains come first. A chained domain's reference is its training rows
+        passed through its upstream experts, the input its own expert reads.
+        """
+        for domain in self.params.training_order():
+            settings = self.params.experts[domain]
             subgraph = load_subgraph(self.params.paths.models / safe_name(domain))
             reference = read_part(self.params, settings.dataset, "train")
-            self.system.register(subgraph, tags=[domain], reference=reference, reason="initial expert")
+            if settings.upstream:
+                reference = chain_features(chain_plan(self.params, domain), reference, self.system.subgraph)
+            self.system.register(subgraph, tags=[domain], reference=reference, reason="initial expert",
+                                 upstream=upstream_inputs(self.params, domain))
             self.datasets_of[domain].add(settings.dataset)
         for phase in self.params.stream.phases:
             for feed in phase.feeds:
@@ -205,6 +215,11 @@ class StreamRun:
         return idle > self.params.cold_storage.max_idle_s and not record.pinned
 
     def finish(self) -> dict[str, Any]:
+        # A chained domain gets no patch or restore measurement when only its upstream changed.
+        for domain in self.system.controller.table.upstream:
+            if all(self.system.controller.domain(stage.domain).state == "hot"
+                   for stage in self.system.controller.chain(domain).stages):
+                self.measure(domain, "end")
         run = self.params.paths.run
         pd.DataFrame(self.accuracy_rows).to_csv(run / "stream_accuracy.csv", index=False)
         summary = {

@@ -7,6 +7,10 @@ are resolved by ``mycelium.routing.resolution``. Untagged rows are grouped by th
 fill, and each group is routed by ``Mycelium.infer_domain`` as one batch, as ``ingest`` routes
 an untagged batch. Rows that no domain accepts get no prediction, and the reason is in their
 ``route``; they are not put in the new-domain queue.
+
+Rows of a chained domain carry the input of each upstream slot as prefixed columns
+(``a.px_00``, ``b.px_00``; see ``mycelium.routing.chained``). Every upstream stage runs as one
+batch, and each row's ``stages`` records the domain, version, patches and depth of every stage.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import pandas as pd
 
 from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError
 from mycelium.experts.fitting import LABEL
+from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs
+from mycelium.routing.chains import ChainStage
 from mycelium.routing.lifecycle import State
-from mycelium.validation.expectations import require_valid
+from mycelium.validation.expectations import require_valid, spec_for_rows
 from mycelium.validation.quarantine import quarantine_batch
 
 if TYPE_CHECKING:
@@ -46,14 +52,18 @@ class DomainPart:
     rows: int
     # One entry per distinct route of these rows: RouteDecision.to_dict() or the inference evidence.
     routes: list[dict[str, Any]] = field(default_factory=list)
+    # For a chained domain: every stage that served these rows (StageRecord.summary()).
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class RoutedPredictions:
     """Predictions of a routed batch, one entry per input row, in input order.
 
-    ``route`` explains each row's decision in one line. ``parts`` lists the domain parts the
-    batch was split into, in the order their first row appears.
+    ``route`` explains each row's decision in one line. ``stages`` holds, per row of a chained
+    domain, one dict per stage (slot, domain, version, patches, depth), upstream first, and an
+    empty tuple for other rows. ``parts`` lists the domain parts the batch was split into, in
+    the order their first row appears.
     """
 
     prediction: np.ndarray
@@ -62,12 +72,17 @@ class RoutedPredictions:
     depth: np.ndarray
     route: np.ndarray
     parts: list[DomainPart]
+    stages: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prediction)
 
     def to_frame(self, index: pd.Index | None = None) -> pd.DataFrame:
-        """Return columns prediction, domain, version, depth and route; unrouted rows hold <NA>."""
+        """Return columns prediction, domain, version, depth, stages and route; unrouted rows hold <NA>.
+
+        ``stages`` is one line per row, e.g. ``a: vision/digits v3 depth 1; b: ...; vision/digit-pairs
+        v1 depth 0``, and empty for a domain without upstream inputs.
+        """
         routed = self.prediction != UNROUTED
 
         def nullable(values: np.ndarray) -> pd.arrays.IntegerArray:
@@ -81,10 +96,25 @@ class RoutedPredictions:
                 "domain": self.domain,
                 "version": nullable(self.version),
                 "depth": nullable(self.depth),
+                "stages": [describe_stages(row) for row in self._stages()],
                 "route": self.route,
             },
             index=index,
         )
+
+    def _stages(self) -> np.ndarray:
+        if self.stages is None:
+            return np.full(len(self), (), dtype=object)
+        return self.stages
+
+
+def describe_stages(stages: tuple[dict[str, Any], ...]) -> str:
+    """Return one line for a row's stages: ``a: vision/digits v3 depth 1; ...``."""
+    lines = []
+    for stage in stages:
+        slot = "" if stage["slot"] == "(requested)" else f"{stage['slot']}: "
+        lines.append(f"{slot}{stage['domain']} v{stage['version']} depth {stage['depth']}")
+    return "; ".join(lines)
 
 
 def route_batch(
@@ -134,6 +164,8 @@ def route_batch(
     depth = np.full(n_rows, UNROUTED, dtype=np.int64)
     domain_of = np.empty(n_rows, dtype=object)
     route = np.empty(n_rows, dtype=object)
+    stages = np.empty(n_rows, dtype=object)
+    stages.fill(())
     assignments = _assign_domains(system, frame, row_tags, tag_column, name)
 
     parts = []
@@ -143,22 +175,27 @@ def route_batch(
         if domain is None:
             parts.append(DomainPart(None, None, len(positions), routes))
             continue
-        served, part_version = _predict_part(system, domain, rows, validate=validate, name=name)
+        served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name)
         prediction[positions] = served.labels
         depth[positions] = served.depth
         version[positions] = part_version
         domain_of[positions] = domain
+        summaries = []
+        if part_stages:
+            for offset, position in enumerate(positions):
+                stages[position] = tuple(stage.for_row(offset) for stage in part_stages)
+            summaries = [stage.summary() for stage in part_stages]
         system.controller.record_use(domain, len(positions))
-        parts.append(DomainPart(domain, part_version, len(positions), routes))
+        parts.append(DomainPart(domain, part_version, len(positions), routes, summaries))
         system.events.emit("batch_predicted", step=system.step, batch=name, domain=domain, version=part_version,
-                           rows=len(positions), routing=routes)
+                           rows=len(positions), routing=routes, stages=summaries)
     unrouted = [part for part in parts if part.domain is None]
     if unrouted:
         system.events.emit("rows_unrouted", step=system.step, batch=name, rows=sum(p.rows for p in unrouted),
                            routing=[route for part in unrouted for route in part.routes])
     if flush:
         system.controller.flush_locality()
-    return RoutedPredictions(prediction, domain_of, version, depth, route, parts)
+    return RoutedPredictions(prediction, domain_of, version, depth, route, parts, stages)
 
 
 def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str | None | list[str | None]:
@@ -299,17 +336,13 @@ def _not_finite(group: pd.DataFrame) -> str | None:
 
 
 def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate: bool, name: str):
-    """Return the prediction of ``domain`` for ``rows`` and the subgraph version that made it."""
-    record = system.controller.domain(domain)
-    if record.state == State.COLD.value:
-        result = system.remember(domain, recent=rows)
-        if not result.passed:
-            raise RoutingError(
-                f"Domain {domain!r} could not be restored ({result.reason}), so its {len(rows)} rows of batch "
-                f"{name!r} were not predicted. Fix the stored bundle or choose a version with "
-                f"`mycelium remember {domain} --version VERSION`, then route the batch again."
-            )
-        record = system.controller.domain(domain)
+    """Return the prediction of ``domain`` for ``rows``, the subgraph version that made it, and
+    for a chained domain the record of every stage (empty otherwise)."""
+    upstream: list[StageRecord] = []
+    if domain in system.controller.table.upstream:
+        chained = chain_inputs(system, domain, rows, validate=validate, name=name)
+        rows, upstream = chained.frame, chained.stages
+    record = _hot_record(system, domain, rows, name)
     subgraph = system.subgraph(domain)
     present = set(rows.columns)
     missing = [column for column in subgraph.schema.columns if column not in present]
@@ -321,15 +354,57 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
         )
     if validate:
         _validate_part(system, domain, rows, subgraph.info["expectations"], name)
-    return subgraph.predict(rows), record.version
+    served = subgraph.predict(rows)
+    if upstream:
+        upstream.append(StageRecord("(requested)", domain, record.version, tuple(record.patches), served.depth))
+    return served, record.version, upstream
+
+
+def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str):
+    """Return the record of ``domain`` once it is hot, remembering it first when it is cold."""
+    record = system.controller.domain(domain)
+    if record.state == State.COLD.value:
+        result = system.remember(domain, recent=rows)
+        if not result.passed:
+            raise RoutingError(
+                f"Domain {domain!r} could not be restored ({result.reason}), so its {len(rows)} rows of batch "
+                f"{name!r} were not predicted. Fix the stored bundle or choose a version with "
+                f"`mycelium remember {domain} --version VERSION`, then route the batch again."
+            )
+        record = system.controller.domain(domain)
+    return record
+
+
+def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate: bool, name: str) -> ChainInputs:
+    """Run the upstream stages of chained ``domain`` on ``frame`` and return its input rows.
+
+    Each upstream domain is remembered first when it is cold, its rows are checked against its
+    expectations when ``validate`` is set, and its use is recorded.
+
+    Raises:
+        InputError: ``frame`` lacks request columns of an upstream slot.
+        DataValidationError: an upstream stage's rows failed validation; they were quarantined.
+        RoutingError: a cold upstream domain failed its validation gate.
+    """
+    plan = system.controller.chain(domain)
+
+    def serve(stage: ChainStage, rows: pd.DataFrame, groups: np.ndarray) -> ServedStage:
+        record = _hot_record(system, stage.domain, rows, name)
+        subgraph = system.subgraph(stage.domain)
+        if validate:
+            _validate_part(system, stage.domain, rows, subgraph.info["expectations"], f"{name}-chain")
+        outputs, depth = subgraph.outputs(rows, stage.outputs, groups=groups)
+        system.controller.record_use(stage.domain, len(rows))
+        return ServedStage(outputs, depth, record.version, tuple(record.patches))
+
+    def columns_of(upstream_domain: str) -> list[str]:
+        return list(system.controller.domain(upstream_domain).columns)
+
+    return compute_inputs(plan, frame, serve, columns_of)
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:
-    label = spec.get("label_column")
-    if label is not None and (label not in rows.columns or rows[label].isna().any()):
-        # Unlabelled rows are checked against the feature expectations only.
-        spec = {**spec, "columns": [c for c in spec["columns"] if c != label], "label_column": None,
-                "label_values": None}
+    spec = spec_for_rows(spec, rows)
     columns = [c for c in spec["columns"] if c in rows.columns]
     try:
         require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine)

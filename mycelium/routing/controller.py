@@ -29,8 +29,9 @@ from mycelium.routing.history import (
     read_entries,
     replay,
 )
+from mycelium.routing.chains import ChainPlan, UpstreamInput, check_acyclic, parse_upstream
 from mycelium.routing.lifecycle import State, check_transition
-from mycelium.routing.resolution import RouteDecision, decide_route, preview
+from mycelium.routing.resolution import RouteDecision, chain_plan, decide_route, preview
 from mycelium.routing.table import DomainRecord, Locality, RoutingTable, dumps
 from mycelium.routing.tags import normalize_tag
 
@@ -145,6 +146,20 @@ class MetaController:
             self._decisions[key] = decision
         return decision
 
+    def chain(self, domain: str) -> ChainPlan:
+        """Return the stages that serve a request for ``domain``, upstream domains first.
+
+        Each stage names its domain, the slots it serves, the output its consumers read, and
+        the version, patches and state that the table records for it now. A domain without
+        upstream inputs gives a plan with one stage.
+        """
+        self.domain(domain)
+        return chain_plan(self.table, domain)
+
+    def dependents(self, domain: str) -> list[str]:
+        """Return the domains that declare ``domain`` as an upstream input, sorted."""
+        return sorted(name for name, upstream in self.table.upstream.items() if domain in upstream)
+
     def history(self, domain: str | None = None) -> list[dict[str, Any]]:
         """Return recorded changes, oldest first.
 
@@ -186,13 +201,19 @@ class MetaController:
     # Writing ---------------------------------------------------------------------------
 
     def register(self, record: DomainRecord, *, reason: str) -> DomainRecord:
-        """Add a new domain with its tags; every tag must be free and not an alias."""
+        """Add a new domain with its tags; every tag must be free and not an alias.
+
+        Its ``upstream`` inputs must name registered, non-retired domains and must not close a
+        cycle of the chain graph (ChainCycleError names the cycle).
+        """
         record.tags = [normalize_tag(t) for t in record.tags]
+        record.upstream = parse_upstream(record.upstream)
 
         def change(table: RoutingTable) -> dict[str, Any]:
             if record.name in table.domains:
                 raise RoutingError(f"Domain {record.name!r} already exists; update it instead of registering.")
             _check_tags_free(table, record.name, record.tags)
+            _check_upstream(table, record.name, record.upstream)
             return {"domain": record.name, "previous": None, "current": asdict(record)}
 
         return self._commit_domain(record.name, change, reason)
@@ -200,11 +221,15 @@ class MetaController:
     def update(self, name: str, *, reason: str, **changes: Any) -> DomainRecord:
         """Change fields of domain ``name``.
 
-        A ``state`` change must be a legal transition. New ``tags`` must be free, and a tag
-        that an alias points to cannot be dropped while the alias exists.
+        A ``state`` change must be a legal transition, and a domain that another domain's
+        chain takes input from cannot be retired. New ``tags`` must be free, and a tag that an
+        alias points to cannot be dropped while the alias exists. New ``upstream`` inputs are
+        checked as in ``register``.
         """
         if "tags" in changes:
             changes["tags"] = [normalize_tag(t) for t in changes["tags"]]
+        if "upstream" in changes:
+            changes["upstream"] = parse_upstream(changes["upstream"])
 
         def change(table: RoutingTable) -> dict[str, Any]:
             if name not in table.domains:
@@ -212,9 +237,12 @@ class MetaController:
             current = table.domains[name]
             if "state" in changes:
                 changes["state"] = check_transition(name, current.state, changes["state"]).value
+                _check_retirable(table, name, changes["state"])
             if "tags" in changes:
                 _check_tags_free(table, name, changes["tags"])
                 _check_aliases_kept(table, name, changes["tags"])
+            if "upstream" in changes:
+                _check_upstream(table, name, changes["upstream"])
             return {"domain": name, "previous": asdict(current), "current": asdict(replace(current, **changes))}
 
         return self._commit_domain(name, change, reason)
@@ -304,6 +332,8 @@ class MetaController:
                 restored = past.domains[domain]
                 _check_tags_free(table, domain, restored.tags)
                 _check_aliases_kept(table, domain, restored.tags)
+                _check_upstream(table, domain, restored.upstream)
+                _check_retirable(table, domain, restored.state)
             removed = [c["domain"] for c in changes if c["current"] is None]
             if removed:
                 logger.warning("Restoring table v%d removes domains registered later: %s", version, removed)
@@ -421,6 +451,38 @@ def _check_tags_free(table: RoutingTable, name: str, tags: list[str]) -> None:
             raise RoutingError(
                 f"Tag {tag!r} is an alias of {table.aliases[tag]!r}; choose another tag or remove the alias first."
             )
+
+
+def _check_upstream(table: RoutingTable, name: str, inputs: list[UpstreamInput]) -> None:
+    """Raise if an upstream input of ``name`` is unknown or retired, or closes a cycle."""
+    for item in inputs:
+        upstream = table.domains.get(item.domain)
+        if upstream is None:
+            raise RoutingError(
+                f"Domain {name!r} declares slot {item.slot!r} from unknown domain {item.domain!r}; known domains: "
+                f"{preview(table.domains)}. Register {item.domain!r} first, or fix the name."
+            )
+        if upstream.state == State.RETIRED.value:
+            hint = f"use its successor {upstream.successor!r}" if upstream.successor else "choose a domain in service"
+            raise RoutingError(
+                f"Domain {name!r} declares slot {item.slot!r} from {item.domain!r}, which is retired; {hint}."
+            )
+    check_acyclic(table.upstream, name, inputs)
+
+
+def _check_retirable(table: RoutingTable, name: str, state: str) -> None:
+    """Raise if ``name`` would become retired while a domain in service takes input from it."""
+    if state != State.RETIRED.value:
+        return
+    dependents = sorted(
+        other for other, upstream in table.upstream.items()
+        if name in upstream and other != name and table.domains[other].state != State.RETIRED.value
+    )
+    if dependents:
+        raise RoutingError(
+            f"Domain {name!r} feeds the chains of {dependents}, so it cannot be retired; give them other upstream "
+            f"inputs (update their 'upstream') or retire them first."
+        )
 
 
 def _check_aliases_kept(table: RoutingTable, name: str, tags: list[str]) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mycelium.routing.table import DomainRecord, RoutingTable, gc_paused, loads
+from mycelium.routing.table import DomainRecord, RoutingTable, gc_paused, loads, upstream_domains
 
 DOMAIN, ALIAS, RESTORE = "domain", "alias", "restore"
 
@@ -106,9 +106,12 @@ def _apply_domain_change(
         for tag in previous["tags"]:
             if table.tags.get(tag) == name:
                 del table.tags[tag]
+    table.upstream.pop(name, None)
     if current is None:
         table.domains.pop(name, None)
         return
+    if current.get("upstream"):
+        table.upstream[name] = upstream_domains(current["upstream"])
     if parse:
         table.domains[name] = DomainRecord.from_dict(current)
     else:

@@ -11,9 +11,12 @@ The rules, applied by ``decide_route``:
 3. If equally specific matches lead to different domains, the input is ambiguous and a
    RoutingError names both domains and the tags that led to them.
 4. A winning domain that is retired is a RoutingError naming its successor.
+5. A winning domain with upstream inputs gets its chain plan: every domain of its chain,
+   upstream first, with the version, patches and state that will serve it.
 
 Every step is a dict lookup, so the time of a decision depends on the number of tags and
-their depth, never on the number of registered domains.
+their depth (and, for a chained domain, the size of its chain), never on the number of
+registered domains.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mycelium.errors import RoutingError
+from mycelium.routing.chains import ChainPlan, UpstreamInput, plan_chain, with_versions
 from mycelium.routing.lifecycle import State
 from mycelium.routing.table import DomainRecord, RoutingTable
 from mycelium.routing.tags import normalize_tag
@@ -51,7 +55,8 @@ class RouteDecision:
     """A routing decision and the facts that explain it.
 
     ``tags`` are the input's tags after normalisation, ``match`` is the tag match that won
-    and ``ignored`` the input tags that matched no registered tag.
+    and ``ignored`` the input tags that matched no registered tag. ``chain`` lists the stages
+    of a chained domain, and is None for a domain without upstream inputs.
     """
 
     domain: str
@@ -61,15 +66,22 @@ class RouteDecision:
     match: TagMatch
     ignored: tuple[str, ...]
     record: DomainRecord = field(compare=False, repr=False)
+    chain: ChainPlan | None = None
 
     def describe(self) -> str:
-        """Return one line such as ``tag 'a/b/c' -> registered tag 'a/b' -> domain 'a/b' v2``."""
+        """Return one line such as ``tag 'a/b/c' -> registered tag 'a/b' -> domain 'a/b' v2``.
+
+        A chained domain adds its stages: ``...; chain: vision/digits v3 [a, b -> logits] -> ...``.
+        """
         match = self.match
         via = f" via alias {match.alias!r}" if match.alias else ""
-        return (
+        line = (
             f"tag {match.tag!r}{via} -> registered tag {match.registered_tag!r} -> "
             f"domain {self.domain!r} v{self.version}"
         )
+        if self.chain is not None:
+            line += f"; chain: {self.chain.describe()}"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +92,7 @@ class RouteDecision:
             "domain": self.domain,
             "version": self.version,
             "ignored": list(self.ignored),
+            **({"chain": self.chain.to_dict()} if self.chain is not None else {}),
         }
 
 
@@ -134,7 +147,7 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
 
     best = max(match.specificity for match in matches)
     winners = [match for match in matches if match.specificity == best]
-    domains = sorted({match.domain for match in winners})
+    domains = sorted({match.domain for match in winners}) if len(winners) > 1 else [winners[0].domain]
     if len(domains) > 1:
         first, second = domains[:2]
         raise RoutingError(
@@ -156,7 +169,37 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
         match=winner,
         ignored=tuple(ignored),
         record=record,
+        chain=chain_plan(table, winner.domain) if table.upstream and winner.domain in table.upstream else None,
     )
+
+
+def chain_plan(table: RoutingTable, domain: str) -> ChainPlan:
+    """Return the stages of a request for ``domain``, upstream first, with the table's versions.
+
+    A domain without upstream inputs gives a plan of one stage.
+
+    Raises:
+        RoutingError: a domain of the chain is not in the table, or the chain has a cycle.
+    """
+
+    def upstream_of(name: str) -> list[UpstreamInput]:
+        return _record(table, name, domain).upstream if name in table.upstream else []
+
+    def describe(name: str) -> tuple[int, list[str], str]:
+        record = _record(table, name, domain)
+        return record.version, record.patches, record.state
+
+    return with_versions(plan_chain(domain, upstream_of), describe)
+
+
+def _record(table: RoutingTable, name: str, requested: str) -> DomainRecord:
+    record = table.domains.get(name)
+    if record is None:
+        raise RoutingError(
+            f"The chain of {requested!r} needs domain {name!r}, which is not in the routing table; register it "
+            f"or restore a table version that has it."
+        )
+    return record
 
 
 def _normalize_all(tags: str | Sequence[str]) -> tuple[str, ...]:

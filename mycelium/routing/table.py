@@ -2,7 +2,9 @@
 
 The file is compact JSON written with orjson. Each record is a JSON object with the fields of
 DomainRecord, except that its input columns are stored once per distinct column list in the
-top-level ``schemas`` list and the record stores its index as ``schema``. A record is parsed into
+top-level ``schemas`` list and the record stores its index as ``schema``. The top-level
+``upstream`` object maps each chained domain to the domains whose outputs it takes, so the
+chain graph is checked without parsing every record. A record is parsed into
 a DomainRecord only when it is first read, so loading a table of 100,000 domains costs one
 JSON parse and a route decision touches one record (``python benchmarks/routing.py``
 measures both).
@@ -20,11 +22,13 @@ from typing import Any
 import orjson
 
 from mycelium.errors import StorageError
+from mycelium.routing.chains import UpstreamInput
 from mycelium.routing.lifecycle import State
 
 # Format 1 had no "format_version", "aliases" or "schemas" keys and stored each record's
 # columns inline. Format 2 adds the three keys; a format-2 reader accepts inline columns too.
-FORMAT_VERSION = 2
+# Format 3 adds the records' "upstream" inputs and the top-level "upstream" index.
+FORMAT_VERSION = 3
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -68,11 +72,14 @@ class DomainRecord:
     successor: str | None = None
     locality: Locality = field(default_factory=Locality)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Declared inputs from other domains' experts; empty for a domain that reads its request.
+    upstream: list[UpstreamInput] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DomainRecord":
         values = dict(data)
         values["locality"] = Locality(**values.get("locality", {}))
+        values["upstream"] = [UpstreamInput.parse(item) for item in values.get("upstream", ())]
         return cls(**values)
 
 
@@ -171,13 +178,15 @@ class RoutingTable:
     """Every domain by name, the tag and alias indexes, and the table version.
 
     ``tags`` maps each registered tag to its domain. ``aliases`` maps an alias tag to the
-    registered tag it stands for. ``version`` counts recorded changes.
+    registered tag it stands for. ``upstream`` maps each chained domain to the distinct
+    domains named by its upstream inputs. ``version`` counts recorded changes.
     """
 
     version: int = 0
     domains: DomainIndex = field(default_factory=DomainIndex)
     tags: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    upstream: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.domains, DomainIndex):
@@ -194,6 +203,7 @@ class RoutingTable:
                 "schemas": schemas,
                 "tags": self.tags,
                 "aliases": self.aliases,
+                "upstream": self.upstream,
             }
             return orjson.dumps(document, option=_JSON_OPTIONS)
 
@@ -203,7 +213,7 @@ class RoutingTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RoutingTable":
-        """Build a table from a parsed table file of format 1 or 2 (records parsed lazily)."""
+        """Build a table from a parsed table file of format 1 to 3 (records parsed lazily)."""
         found = data.get("format_version", 1)
         if not isinstance(found, int) or not 1 <= found <= FORMAT_VERSION:
             raise StorageError(
@@ -215,6 +225,7 @@ class RoutingTable:
             domains=DomainIndex(data["domains"], data.get("schemas")),
             tags=dict(data["tags"]),
             aliases=dict(data.get("aliases", {})),
+            upstream={name: list(domains) for name, domains in data.get("upstream", {}).items()},
         )
 
     @classmethod
@@ -239,6 +250,12 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def upstream_domains(inputs: list[UpstreamInput] | list[dict[str, Any]]) -> list[str]:
+    """Return the distinct domains named by ``inputs`` (objects or stored dicts), in order."""
+    names = [item.domain if isinstance(item, UpstreamInput) else item["domain"] for item in inputs]
+    return list(dict.fromkeys(names))
 
 
 def dumps(value: Any) -> bytes:

@@ -351,6 +351,19 @@ def _compiled_suite(spec: dict[str, Any]) -> _CompiledSuite:
 # Validation
 
 
+def spec_for_rows(spec: dict[str, Any], df: pd.DataFrame) -> dict[str, Any]:
+    """Return ``spec`` without its label expectations when ``df`` has no label or a missing one.
+
+    Unlabelled rows, such as requests to predict, are checked against the feature
+    expectations only.
+    """
+    label = spec.get("label_column")
+    if label is None or (label in df.columns and not df[label].isna().any()):
+        return spec
+    return {**spec, "columns": [c for c in spec["columns"] if c != label], "label_column": None,
+            "label_values": None}
+
+
 def validate_frame(df: pd.DataFrame, spec: dict[str, Any], *, name: str) -> ValidationReport:
     """Validate a batch against a spec with a Great Expectations suite.
 

@@ -183,6 +183,17 @@ def test_bad_recent_batch_fails_gate_and_is_quarantined(system, uci_digits):
     assert failed["finetune_note"] == "recent inputs break the data expectations; fine-tune skipped"
 
 
+def test_unlabelled_recent_rows_pass_feature_checks(system, uci_digits):
+    system.freeze(DOMAIN, reason="test freeze")
+    unlabelled = uci_digits.test.iloc[:85].drop(columns=["label"])
+
+    result = system.remember(DOMAIN, recent=unlabelled)
+
+    assert result.passed
+    assert result.expectations_passed is True
+    assert state(system) == State.HOT.value
+
+
 def test_worse_finetune_falls_back_to_restored(tmp_path, digits_cnn, uci_digits, mnist_digits):
     # A learning rate of 0.5 wrecks the CNN, so the fine-tuned copy must lose to the restored one.
     system = registered(project_params(tmp_path, finetune_lr=0.5), digits_cnn, uci_digits.train)

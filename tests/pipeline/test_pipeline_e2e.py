@@ -25,6 +25,7 @@ REDUCED = {
         "vision/digits": {"epochs": 15},
         "weather/rainfall": {"epochs": 8},
         "tabular/segments": {"epochs": 30},
+        "vision/digit-pairs": {"epochs": 20},
     },
     "patch": {"epochs": 20, "min_samples": {"vision/digits": 400, "weather/rainfall": 750}},
     "drift": {"persistence": 2},
@@ -36,10 +37,12 @@ REDUCED = {
                 {"dataset": "uci_digits", "tag": None, "batches": 1},
                 {"dataset": "rainfall_before", "tag": "weather/rainfall", "batches": 3},
                 {"dataset": "segments", "tag": "tabular/segments", "batches": 2},
+                {"dataset": "digit_pairs", "tag": "vision/digit-pairs", "batches": 1},
             ]},
             {"name": "drift", "feeds": [
                 {"dataset": "mnist_digits", "tag": "vision/digits", "batches": 10},
                 {"dataset": "rainfall_after", "tag": "weather/rainfall", "batches": 6},
+                {"dataset": "mnist_pairs", "tag": "vision/digit-pairs", "batches": 3},
             ]},
             {"name": "new_domain", "feeds": [{"dataset": "penguins", "tag": None, "batches": 5}]},
             {"name": "recall", "feeds": [{"dataset": "segments", "tag": "tabular/segments", "batches": 1}]},
@@ -160,6 +163,22 @@ class TestPipeline:
         segments = metrics["domains"]["tabular/segments"]
         assert segments["fp32_bytes"] > segments["weights_bytes"]
         assert segments["restore_seconds"] > 0
+
+    def test_digit_pairs_chain_through_digits(self, events, metrics):
+        routed = _of(events, "batch_routed", "vision/digit-pairs")
+        patched_at = _of(events, "patch_trained", "vision/digits")[0]["step"]
+        assert routed
+        for event in routed:
+            assert [(s["slot"], s["domain"]) for s in event["stages"]] == [
+                ("a", "vision/digits"), ("b", "vision/digits"), ("(requested)", "vision/digit-pairs")]
+        after_patch = [e for e in routed if e["step"] > patched_at]
+        assert after_patch, "no pair batch came after the digits patch"
+        assert all(e["stages"][0]["version"] >= 2 and e["stages"][0]["patches"] for e in after_patch)
+        entry = metrics["domains"]["vision/digit-pairs"]
+        assert entry["accuracy_start"]["digit_pairs"] > 0.85
+        assert entry["accuracy_end"]["digit_pairs"] > 0.85
+        assert entry["upstream"].startswith("a<-vision/digits")
+        assert set(entry["rows_served_by_stage"]) == {"a", "b", "(requested)"}
 
     def test_prefect_recorded_stream_artifact(self, pipeline_run):
         script = (

@@ -8,7 +8,7 @@ import pytest
 from mycelium.errors import IllegalTransitionError, RoutingError, StorageError
 from mycelium.routing.controller import HISTORY_FILE, TABLE_FILE, DomainRecord, MetaController, RoutingTable
 from mycelium.routing.lifecycle import State
-from mycelium.routing.table import DomainIndex
+from mycelium.routing.table import FORMAT_VERSION, DomainIndex
 
 START = 1000.0
 # Domain -> its registered tags. "archive/digits" is retired with successor "vision/digits".
@@ -373,7 +373,7 @@ class TestTableFile:
 
         table = saved_table(controller)
 
-        assert table["format_version"] == 2
+        assert table["format_version"] == FORMAT_VERSION
         assert table["schemas"] == [["x", "y"], ["z"]]
         assert [table["domains"][name]["schema"] for name in "abcd"] == [0, 0, 0, 1]
         assert MetaController(controller.directory).table.domains["d"].columns == ["z"]
@@ -402,13 +402,13 @@ class TestTableFile:
         controller.flush_locality()
 
         upgraded = saved_table(controller)
-        assert (upgraded["format_version"], upgraded["schemas"], upgraded["aliases"]) == (2, [["px_00", "px_01"]], {})
+        assert (upgraded["format_version"], upgraded["schemas"], upgraded["aliases"]) == (FORMAT_VERSION, [["px_00", "px_01"]], {})
         assert upgraded["domains"]["vision/digits"]["locality"]["uses"] == 3
 
     def test_newer_format_rejected(self, controller):
-        (controller.directory / TABLE_FILE).write_text(json.dumps({"format_version": 3, "version": 1}))
+        (controller.directory / TABLE_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION + 1, "version": 1}))
 
-        with pytest.raises(StorageError, match="format_version 3.*upgrade Mycelium"):
+        with pytest.raises(StorageError, match=f"format_version {FORMAT_VERSION + 1}.*upgrade Mycelium"):
             controller.table
 
     @pytest.mark.parametrize("content", ['{"version": 1, "domains": {', '{"tables": []}', "[]"])
