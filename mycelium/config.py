@@ -72,6 +72,7 @@ class Patch(_Settings):
     alpha: float = Field(gt=0)
     epochs: int = Field(gt=0)
     lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, gt=0)
     min_samples: dict[str, int] = Field(default_factory=dict)
     default_min_samples: int = Field(gt=0)
 
@@ -86,9 +87,11 @@ class ContinualPatch(_Settings):
     alpha: float = Field(gt=0)
     epochs: int = Field(gt=0)
     lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, gt=0)
 
     def as_patch(self) -> Patch:
-        return Patch(rank=self.rank, alpha=self.alpha, epochs=self.epochs, lr=self.lr, default_min_samples=1)
+        return Patch(rank=self.rank, alpha=self.alpha, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                     default_min_samples=1)
 
 
 class PartRows(_Settings):

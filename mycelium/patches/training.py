@@ -87,7 +87,8 @@ def train_patch(
     chain = PatchedExpert(subgraph.expert, [*subgraph.patches, patch])
     accuracy_before = accuracy(predict_logits(chain, x_holdout, batch_size=4096).argmax(1), y_holdout)
     result = fit(
-        chain, x_train, y_train, epochs=settings.epochs, lr=settings.lr, seed=seed, parameters=patch.parameters()
+        chain, x_train, y_train, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=seed,
+        parameters=patch.parameters(),
     )
     accuracy_after = accuracy(predict_logits(chain, x_holdout).argmax(1), y_holdout)
     after = sha256_state_dict(subgraph.expert.state_dict())
