@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mycelium.continual.learner import ContinualLearner, PartCost
 from mycelium.continual.metrics import AccuracyMatrix
@@ -37,6 +38,9 @@ def run_learner(learner: ContinualLearner) -> LearnerRun:
     accuracies = {view: np.full((len(parts), len(parts)), np.nan) for view in learner.views}
     costs = []
     for index in range(len(parts)):
+        # Dropout draws from torch's global generator. Seeding it here makes a learner's run the same
+        # whatever ran before it in the process, such as a replay run of varying length.
+        torch.manual_seed(learner.seed + index)
         cost = learner.learn(index)
         costs.append(cost)
         for view, matrix in accuracies.items():

@@ -166,3 +166,15 @@ class TestJointRetraining:
 
         assert run.costs[1].stored_values == 600 * 64
         assert run.costs[1].seconds > 0
+
+
+def test_run_ignores_earlier_global_draws(split_digits):
+    # Both are built first, as the benchmark builds its learners, so the first run moves the global
+    # generator that dropout in the second run draws from.
+    dropout = NETWORK.model_copy(update={"config": {"hidden": [64], "dropout": 0.3}, "epochs": 3})
+    learners = [ElasticWeightConsolidation(split_digits, SEED, dropout, ewc_lambda=10.0, fisher_samples=20)
+                for _ in range(2)]
+    first = run_learner(learners[0])
+    second = run_learner(learners[1])
+
+    assert np.array_equal(first.accuracies[NO_TAGS], second.accuracies[NO_TAGS])
