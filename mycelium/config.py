@@ -116,11 +116,83 @@ class Patch(_Settings):
     alpha: float = Field(gt=0)
     epochs: int = Field(gt=0)
     lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, gt=0)
     min_samples: dict[str, int] = Field(default_factory=dict)
     default_min_samples: int = Field(gt=0)
 
     def min_samples_for(self, domain: str) -> int:
         return self.min_samples.get(domain, self.default_min_samples)
+
+
+class ContinualPatch(_Settings):
+    """Low-rank patch settings of the continual-learning benchmark (see ``Patch``)."""
+
+    rank: int = Field(gt=0)
+    alpha: float = Field(gt=0)
+    epochs: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, gt=0)
+
+    def as_patch(self) -> Patch:
+        return Patch(rank=self.rank, alpha=self.alpha, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                     default_min_samples=1)
+
+
+class PartRows(_Settings):
+    """Rows of one part of a scenario: ``rows`` slices the source (null: all rows, or to the end),
+    then ``train`` rows train and ``test`` other rows test."""
+
+    rows: tuple[int, int | None] | None = None
+    train: int = Field(gt=0)
+    test: int = Field(gt=0)
+
+
+class TwoPartScenario(_Settings):
+    """A scenario with an old and a new part of one task: Mycelium patches its expert for the new part.
+
+    ``expert`` trains Mycelium's expert and, with the same architecture and recipe, every
+    baseline network. ``autoencoder`` sets the ``AutoencoderOOD`` of the domain check that an
+    image expert and its patches get (empty: the defaults of ``fit_domain_check``).
+    """
+
+    expert: ExpertTraining
+    patch: ContinualPatch
+    old: PartRows
+    new: PartRows
+    autoencoder: dict[str, Any] = Field(default_factory=dict)
+
+
+class SplitMnistScenario(_Settings):
+    """Split MNIST at 28x28: five tasks of two digits; Mycelium trains one expert per task.
+
+    ``network`` is the baselines' network over all ten digits. ``autoencoder`` sets the
+    ``AutoencoderOOD`` of each task's domain check, which untagged routing reads.
+    """
+
+    train_per_task: int = Field(gt=0)
+    test_per_task: int = Field(gt=0)
+    expert: ExpertTraining
+    network: ExpertTraining
+    autoencoder: dict[str, Any] = Field(default_factory=dict)
+
+
+class Continual(_Settings):
+    """Settings of the continual-learning benchmark (benchmarks/continual.py).
+
+    ``calibration_fraction`` of a new expert's training rows calibrate its OOD reference.
+    ``eval_batch_rows`` is the batch size of test rows when Mycelium serves one batch at a time.
+    ``fisher_samples`` rows of each part estimate EWC's diagonal Fisher information.
+    """
+
+    seeds: list[int] = Field(min_length=1)
+    buffer_size: int = Field(gt=0)
+    ewc_lambda: float = Field(ge=0)
+    fisher_samples: int = Field(gt=0)
+    calibration_fraction: float = Field(gt=0, lt=1)
+    eval_batch_rows: int = Field(gt=0)
+    digits_shift: TwoPartScenario
+    rainfall: TwoPartScenario
+    split_mnist: SplitMnistScenario
 
 
 class PageHinkleySettings(_Settings):
@@ -278,6 +350,7 @@ class Params(_Settings):
     remembering: Remembering
     stream: Stream
     orchestration: Orchestration = Field(default_factory=Orchestration)
+    continual: Continual
 
     @model_validator(mode="after")
     def _datasets_exist(self) -> "Params":

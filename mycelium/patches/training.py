@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,12 +49,15 @@ def train_patch(
     seed: int,
     min_tail_samples: int = 10,
     holdout_fraction: float = 0.2,
+    autoencoder: Mapping[str, Any] | None = None,
 ) -> tuple[Subgraph, PatchReport]:
     """Return ``subgraph`` extended by a new low-rank patch trained only on ``frame``.
 
     The expert stays frozen: its sha256 is taken before and after, and a difference raises
     IntegrityError. The new depth gets an OOD reference fitted on ``frame``, so it serves the
-    data it was trained on and the lower depths keep serving theirs.
+    data it was trained on and the lower depths keep serving theirs. For an image expert that
+    reference is a domain check whose autoencoder takes the ``autoencoder`` settings (default:
+    those of ``fit_domain_check``).
     """
     if len(frame) < 10:
         raise EmptyDataError(
@@ -82,7 +87,8 @@ def train_patch(
     chain = PatchedExpert(subgraph.expert, [*subgraph.patches, patch])
     accuracy_before = accuracy(predict_logits(chain, x_holdout, batch_size=4096).argmax(1), y_holdout)
     result = fit(
-        chain, x_train, y_train, epochs=settings.epochs, lr=settings.lr, seed=seed, parameters=patch.parameters()
+        chain, x_train, y_train, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=seed,
+        parameters=patch.parameters(),
     )
     accuracy_after = accuracy(predict_logits(chain, x_holdout).argmax(1), y_holdout)
     after = sha256_state_dict(subgraph.expert.state_dict())
@@ -98,7 +104,8 @@ def train_patch(
     )
     if subgraph.schema.image_shape is not None:
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
-                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed)
+                                     target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
+                                     autoencoder=autoencoder)
     patched = Subgraph(
         subgraph.domain,
         subgraph.schema,

@@ -23,6 +23,7 @@ from mycelium.errors import ConfigError
 EXPECTED_SHAPES = {
     "uci_digits": (1797, 64, 10),
     "mnist_digits": (5000, 64, 10),
+    "mnist_pixels": (5000, 784, 10),
     "rainfall": (18159, 8, 2),
     "segments": (2310, 18, 7),
     "penguins": (344, 4, 3),
@@ -53,7 +54,7 @@ def test_source_shape_and_dtypes(frames, name):
     assert isinstance(frame.index, pd.RangeIndex)
 
 
-@pytest.mark.parametrize("name", ["uci_digits", "mnist_digits", "rainfall", "segments"])
+@pytest.mark.parametrize("name", ["uci_digits", "mnist_digits", "mnist_pixels", "rainfall", "segments"])
 def test_source_has_no_missing_values(frames, name):
     assert int(frames[name].isna().sum().sum()) == 0
 
@@ -66,6 +67,14 @@ def test_digit_blocks_are_counts(frames, name):
     assert pixels.min() == 0
     assert pixels.max() == 16
     assert np.array_equal(pixels, np.round(pixels))
+
+
+def test_mnist_pixels_are_grey_levels(frames):
+    pixels = frames["mnist_pixels"].drop(columns=[LABEL_COLUMN]).to_numpy()
+
+    assert pixels.min() == 0
+    assert pixels.max() == 255
+    assert np.array_equal(frames["mnist_pixels"][LABEL_COLUMN], frames["mnist_digits"][LABEL_COLUMN])
 
 
 def test_mnist_digits_are_not_blank(frames):

@@ -17,9 +17,11 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
-COPIED = ["dvc.yaml", "flows", "mycelium", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", "data/.gitignore"]
+COPIED = ["dvc.yaml", "flows", "mycelium", "benchmarks", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+          "data/.gitignore"]
 
-# Fewer batches and epochs than params.yaml; the data sets and every stage are the same.
+# Fewer batches and epochs than params.yaml; the data sets and every stage are the same. The
+# continual-learning benchmark runs on a few hundred rows, one seed and one epoch per method.
 REDUCED = {
     "experts": {
         "vision/digits": {"epochs": 15},
@@ -30,6 +32,17 @@ REDUCED = {
     "patch": {"epochs": 20, "min_samples": {"vision/digits": 400, "weather/rainfall": 750}},
     "drift": {"persistence": 2},
     "cold_storage": {"max_idle_s": 6000, "sweep_every": 4},
+    "continual": {
+        "seeds": [7],
+        "fisher_samples": 50,
+        "calibration_fraction": 0.5,
+        "digits_shift": {"expert": {"epochs": 1}, "patch": {"epochs": 1}, "autoencoder": {"epochs": 1},
+                         "old": {"train": 200, "test": 50}, "new": {"train": 200, "test": 50}},
+        "rainfall": {"expert": {"epochs": 1}, "patch": {"epochs": 1},
+                     "old": {"train": 400, "test": 100}, "new": {"train": 400, "test": 100}},
+        "split_mnist": {"train_per_task": 200, "test_per_task": 40, "expert": {"epochs": 1}, "network": {"epochs": 1},
+                        "autoencoder": {"hidden": [16], "bottleneck": 4, "epochs": 1}},
+    },
     "stream": {
         "phases": [
             {"name": "baseline", "feeds": [
@@ -179,6 +192,17 @@ class TestPipeline:
         assert entry["accuracy_end"]["digit_pairs"] > 0.85
         assert entry["upstream"].startswith("a<-vision/digits")
         assert set(entry["rows_served_by_stage"]) == {"a", "b", "(requested)"}
+
+    def test_continual_benchmark_stage_wrote_report(self, pipeline_run):
+        folder = pipeline_run / "reports/benchmarks"
+        report = json.loads((folder / "continual.json").read_text())
+
+        assert set(report["scenarios"]) == {"digits_shift", "rainfall", "split_mnist_tags", "split_mnist_no_tags"}
+        assert len(report["targets"]) == 10
+        assert report["seeds"] == [7]
+        assert (folder / "continual.md").read_text().startswith("# Continual-learning benchmark")
+        for name in report["plots"].values():
+            assert (folder / name).stat().st_size > 10_000
 
     def test_prefect_recorded_stream_artifact(self, pipeline_run):
         script = (
