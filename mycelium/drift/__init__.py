@@ -8,6 +8,7 @@ from mycelium.drift.feature_drift import DriftMonitor, FeatureDriftResult, Featu
 from mycelium.drift.mmd import MMDDriftResult, MMDDriftTest
 from mycelium.drift.ood import MahalanobisOOD, energy_score, max_softmax
 from mycelium.drift.page_hinkley import PageHinkley
+from mycelium.drift.performance import PerformanceMonitor
 from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.row_statistics import RowStatisticsOOD, row_statistics
 
@@ -27,6 +28,7 @@ __all__ = [
     "MMDDriftTest",
     "MahalanobisOOD",
     "PageHinkley",
+    "PerformanceMonitor",
     "RowStatisticsOOD",
     "WindowResult",
     "WindowTest",
