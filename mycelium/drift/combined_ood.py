@@ -340,7 +340,7 @@ def fit_domain_check(
         default, `IMAGE_CHECK`, has the highest per-row AUROC between Split MNIST tasks (mean
         0.979, worst pair 0.940) and keeps UCI digits against MNIST at 0.957. The deskewed
         score alone separates the Split MNIST tasks as well (0.980) but UCI digits from MNIST
-        at 0.880 only, because the slant is part of what tells those two apart.
+        at 0.880 only, because the slant is part of what distinguishes those two domains.
 
     Raises
     ------

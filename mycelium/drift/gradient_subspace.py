@@ -1,10 +1,10 @@
 """Distance of an image's gradient histograms from the subspace of its nearest class: an OOD score.
 
 Reconstruction errors and Mahalanobis distances on pixels favour simple images: a thin "1"
-lies close to any digit model in pixel space, so a model of 2s and 3s accepts it. Histograms of
-oriented gradients (HOG, Dalal and Triggs, 2005) describe the strokes instead of the ink, and
-each class of the domain gets its own principal subspace of those histograms, as in SIMCA
-(Wold, 1976). A row's score is its squared distance to the nearest class subspace.
+lies close to many digit models in pixel space, so a model of 2s and 3s scores many 1s as its
+own. Histograms of oriented gradients (HOG) describe the strokes instead of the ink, and each
+class of the domain gets its own principal subspace of those histograms, as in SIMCA. A row's
+score is its squared distance to the nearest class subspace.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ class GradientSubspaceOOD:
     The descriptor starts from gradients by central differences. Each pixel's gradient
     magnitude is split between the two nearest of ``bins`` orientation bins over 360 degrees
     and averaged over each cell of a ``cells`` x ``cells`` grid. Every block of 2 x 2
-    neighbouring cells is then scaled to unit length. With ``deskew=True`` each image is first sheared so that its ink has no slant, as
-    in the classic MNIST preprocessing. Per class, the descriptors of the training rows give a
-    mean and the first ``n_components`` principal directions; the score of a row is the
-    squared norm of its descriptor minus its projection on the subspace of the nearest class.
+    neighbouring cells is then scaled to unit length. With ``deskew=True`` each image is first
+    sheared so that its ink has no slant, a common preprocessing step for handwritten digits.
+    Per class, the descriptors of the training rows give a mean and the first ``n_components``
+    principal directions. The score of a row is the squared norm of its centred descriptor
+    minus its projection on the subspace, for the nearest class.
     As in `MahalanobisOOD`, the threshold is the (1 - target_fpr) quantile of held-out scores.
 
     A positive affine scaling of the pixels, such as the expert's normalisation, changes the
