@@ -199,6 +199,9 @@ class PageHinkleySettings(_Settings):
     min_instances: int = Field(gt=0)
     delta: float = Field(ge=0)
     threshold: float = Field(gt=0)
+    alpha: float = Field(default=1 - 0.0001, gt=0, le=1)
+    standardize: bool = False
+    min_std: float = Field(default=0.05, gt=0)
 
 
 class Drift(_Settings):

@@ -26,7 +26,9 @@ from mycelium.cold_storage.quantize import dequantize_state_dict, quantize_state
 from mycelium.cold_storage.sweep import Eviction, SweepCandidate
 from mycelium.config import Params
 from mycelium.drift.feature_drift import FeatureDriftResult
+from mycelium.drift.adwin import ADWIN
 from mycelium.drift.page_hinkley import PageHinkley
+from mycelium.drift.performance import PerformanceMonitor
 from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.reference import ReferenceMonitor
 from mycelium.errors import (
@@ -103,7 +105,7 @@ class Mycelium:
         # The model_dir each subgraph in _hot was loaded from; None until checked against the table.
         self._hot_dirs: dict[str, str | None] = {}
         self._monitors: dict[str, ReferenceMonitor] = {}
-        self._performance: dict[str, PageHinkley] = {}
+        self._performance: dict[str, PerformanceMonitor] = {}
         self._drift_rows: dict[str, list[pd.DataFrame]] = {}
         self._last_window: dict[str, FeatureDriftResult] = {}
         # Cold domains this instance has requested once; later batches only wait in pending/.
@@ -375,11 +377,18 @@ class Mycelium:
         result = monitor.update(batch[list(subgraph.schema.columns)])
         if result is not None:
             self._last_window[domain] = result
-        performance = self._performance.setdefault(domain, PageHinkley(**self.params.drift.page_hinkley.model_dump()))
+        if domain not in self._performance:
+            page_hinkley = PageHinkley(**self.params.drift.page_hinkley.model_dump())
+            self._performance[domain] = PerformanceMonitor(ADWIN(), page_hinkley)
+        performance = self._performance[domain]
+        # drift_detected describes only the last update, so an alarm on an earlier row of the
+        # batch is kept here.
+        performance_drift = False
         if LABEL in batch:
             for error in (predicted != batch[LABEL].to_numpy()):
                 performance.update(float(error))
-        drifting = monitor.in_drift or performance.drift_detected
+                performance_drift = performance_drift or performance.drift_detected
+        drifting = monitor.in_drift or performance_drift
         if drifting and LABEL in batch:
             self._drift_rows.setdefault(domain, []).append(batch)
         elif not drifting:
@@ -390,7 +399,7 @@ class Mycelium:
             state=self.controller.domain(domain).state,
             feature_drift=result,
             persistent_drift=monitor.drift_detected,
-            performance_drift=performance.drift_detected,
+            performance_drift=performance_drift,
             new_domain_samples=0,
             new_domain_min_samples=self.params.new_expert.min_samples,
             labelled_samples=labelled,
@@ -400,7 +409,7 @@ class Mycelium:
         if result is not None or decision.action is not Action.IGNORE:
             self.events.emit("drift_check", step=self.step, domain=domain,
                              window=result.to_dict() if result is not None else None,
-                             persistent=monitor.drift_detected, performance_drift=performance.drift_detected,
+                             persistent=monitor.drift_detected, performance_drift=performance_drift,
                              labelled_drift_rows=labelled, decision=decision.to_dict())
         return decision
 

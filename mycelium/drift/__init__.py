@@ -5,9 +5,11 @@ from mycelium.drift.autoencoder import AutoencoderOOD
 from mycelium.drift.base import DriftDetector, DriftStatus, WindowResult, WindowTest
 from mycelium.drift.combined_ood import CombinedOOD, domain_check_inputs, fit_domain_check, ood_from_tensors
 from mycelium.drift.feature_drift import DriftMonitor, FeatureDriftResult, FeatureDriftTest
+from mycelium.drift.gradient_subspace import GradientSubspaceOOD
 from mycelium.drift.mmd import MMDDriftResult, MMDDriftTest
 from mycelium.drift.ood import MahalanobisOOD, energy_score, max_softmax
 from mycelium.drift.page_hinkley import PageHinkley
+from mycelium.drift.performance import PerformanceMonitor
 from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.row_statistics import RowStatisticsOOD, row_statistics
 
@@ -23,10 +25,12 @@ __all__ = [
     "DriftStatus",
     "FeatureDriftResult",
     "FeatureDriftTest",
+    "GradientSubspaceOOD",
     "MMDDriftResult",
     "MMDDriftTest",
     "MahalanobisOOD",
     "PageHinkley",
+    "PerformanceMonitor",
     "RowStatisticsOOD",
     "WindowResult",
     "WindowTest",

@@ -94,10 +94,12 @@ def train_expert(
             expert.features(x_train).numpy().astype(np.float64), holdout_features, target_fpr=target_fpr
         )
     if image_shape is not None:
-        # A CNN's feature space can map noise close to the training images; raw-input scores catch it.
+        # A CNN's feature space can map noise close to the training images, so image domains are
+        # checked by raw-input scores (fit_domain_check's default components).
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
                                      target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
-                                     autoencoder=autoencoder)
+                                     autoencoder=autoencoder, image_shape=image_shape,
+                                     train_labels=y_train.numpy())
     info = {
         "holdout_accuracy": holdout_accuracy,
         "train_samples": len(train),

@@ -105,7 +105,8 @@ def train_patch(
     if subgraph.schema.image_shape is not None:
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
                                      target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
-                                     autoencoder=autoencoder)
+                                     autoencoder=autoencoder, image_shape=subgraph.schema.image_shape,
+                                     train_labels=y_train.numpy())
     patched = Subgraph(
         subgraph.domain,
         subgraph.schema,

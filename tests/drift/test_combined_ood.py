@@ -110,7 +110,7 @@ class TestRowStatistics:
 
 
 class TestDigitsCheck:
-    """The digits CNN's feature-space check, the autoencoder and the row statistics, combined."""
+    """The digits domain's check: gradient histograms with and without deskewing, combined."""
 
     @pytest.fixture(scope="class")
     def feature_reference(self, digits_cnn, uci_digits) -> MahalanobisOOD:
@@ -123,7 +123,8 @@ class TestDigitsCheck:
         train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
         return fit_domain_check(
             feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
-            target_fpr=TARGET_FPR, min_tail_samples=4, seed=7, autoencoder={"epochs": 60},
+            target_fpr=TARGET_FPR, min_tail_samples=4, seed=7, image_shape=digits_cnn.schema.image_shape,
+            train_labels=uci_digits.train["label"].to_numpy(),
         )
 
     @staticmethod
@@ -132,9 +133,33 @@ class TestDigitsCheck:
         return domain_check_inputs(subgraph.base_features(inputs), inputs.numpy())
 
     def test_components_share_the_budget(self, digits_check):
-        assert sorted(digits_check.detectors) == ["autoencoder", "features", "row_statistics"]
+        assert sorted(digits_check.detectors) == ["gradient", "gradient_deskewed"]
         assert digits_check.calibrated_fpr <= TARGET_FPR
-        assert digits_check.detectors["autoencoder"].bottleneck == 16
+        assert digits_check.detectors["gradient"].n_classes == 10
+        assert digits_check.detectors["gradient_deskewed"].deskew
+
+    def test_chosen_components_are_built(self, digits_cnn, uci_digits, feature_reference):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        check = fit_domain_check(
+            feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
+            target_fpr=TARGET_FPR, min_tail_samples=4, seed=7, autoencoder={"epochs": 5},
+            components=("features", "autoencoder", "row_statistics"),
+        )
+        assert sorted(check.detectors) == ["autoencoder", "features", "row_statistics"]
+        assert check.detectors["features"] is feature_reference
+        assert check.detectors["autoencoder"].bottleneck == 16
+
+    def test_unknown_component_raises(self, digits_cnn, uci_digits, feature_reference):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        with pytest.raises(ConfigError, match="isolation_forest"):
+            fit_domain_check(feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
+                             target_fpr=TARGET_FPR, components=("isolation_forest",))
+
+    def test_gradient_without_image_shape_raises(self, digits_cnn, uci_digits, feature_reference):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        with pytest.raises(ConfigError, match="image_shape"):
+            fit_domain_check(feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
+                             target_fpr=TARGET_FPR, min_tail_samples=4)
 
     def test_held_out_digits_are_accepted(self, digits_check, digits_cnn, uci_digits):
         pixels = uci_digits.test.drop(columns="label").to_numpy()
@@ -171,7 +196,7 @@ class TestDigitsCheck:
 
     def test_unknown_kind_in_state_raises(self, digits_check):
         metadata = json.loads(json.dumps(digits_check.metadata()))
-        metadata["components"]["features"]["kind"] = "isolation_forest"
+        metadata["components"]["gradient"]["kind"] = "isolation_forest"
         with pytest.raises(ValueError, match="unknown kind 'isolation_forest'"):
             CombinedOOD.from_tensors(digits_check.to_tensors(), metadata)
 

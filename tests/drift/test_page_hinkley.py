@@ -113,3 +113,61 @@ def test_non_finite_value_raises():
     detector = PageHinkley()
     with pytest.raises(ValueError, match="non-finite"):
         detector.update(math.nan)
+
+
+STANDARDIZED = {"delta": 0.1, "threshold": 60.0, "alpha": 1.0, "standardize": True}
+
+
+def test_known_answer_standardized():
+    # The params.yaml setting on the seed-0 streams above: Bernoulli(0.1) then Bernoulli(0.5),
+    # and rare errors, Bernoulli(0.02) then Bernoulli(0.3).
+    assert alarm_indices(PageHinkley(**STANDARDIZED), bernoulli_stream(0)) == [1039]
+    assert alarm_indices(PageHinkley(**STANDARDIZED), bernoulli_stream(0, before=0.02, after=0.3)) == [1017]
+
+
+def test_standardized_alarms_sooner_on_rare_errors():
+    stream = bernoulli_stream(0, before=0.02, after=0.3)
+    assert alarm_indices(PageHinkley(), stream) == [1181]
+    assert alarm_indices(PageHinkley(**STANDARDIZED), stream)[0] < 1181
+
+
+def test_forgetting_raises_false_alarms_on_stable_stream():
+    # 40,000 values at a constant 10% error rate: no change to detect.
+    stream = np.random.default_rng(1).random(40000) < 0.1
+    forgetting = dict(STANDARDIZED, alpha=1 - 0.0001)
+    assert alarm_indices(PageHinkley(**forgetting), stream) == [19058, 29277]
+    assert alarm_indices(PageHinkley(**STANDARDIZED), stream) == []
+
+
+def test_std_is_running_population_std():
+    values = [0.0, 1.0, 1.0, 0.0, 1.0]
+    detector = PageHinkley(standardize=True)
+    for x in values:
+        detector.update(x)
+    assert detector.std == pytest.approx(np.std(values))
+
+
+def test_min_std_bounds_the_scale():
+    # After 1,000 zeros a single 1 is (1 - 1/1001) / 0.0316 = 31.6 running standard deviations
+    # away; min_std=0.05 caps it at (1 - 1/1001) / 0.05 = 19.98.
+    stream = [0.0] * 1000 + [1.0]
+    bounded = PageHinkley(min_instances=1, delta=0.0, threshold=100.0, standardize=True, min_std=0.05)
+    loose = PageHinkley(min_instances=1, delta=0.0, threshold=100.0, standardize=True, min_std=0.01)
+    for x in stream:
+        bounded.update(x)
+        loose.update(x)
+    assert bounded.statistic == pytest.approx((1 - 1 / 1001) / 0.05)
+    assert loose.statistic == pytest.approx((1 - 1 / 1001) / math.sqrt(1000 / 1001**2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"standardize": 1}, "standardize"),
+        ({"min_std": 0.0}, "min_std"),
+        ({"min_std": math.nan}, "min_std"),
+    ],
+)
+def test_invalid_standardization_names_parameter(kwargs, name):
+    with pytest.raises(ConfigError, match=name):
+        PageHinkley(**kwargs)
