@@ -84,8 +84,11 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(_merge(params, REDUCED), sort_keys=False))
 
+    # The copy keeps its own Prefect database: an earlier test of the session may have set
+    # PREFECT_HOME or PREFECT_API_URL in this process, and the stages would inherit them.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_SITE_CACHE_DIR": str(root / ".dvc-site")}
+           "DVC_SITE_CACHE_DIR": str(root / ".dvc-site"), "PREFECT_HOME": str(root / ".prefect")}
+    env.pop("PREFECT_API_URL", None)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     completed = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env,
                                capture_output=True, text=True, timeout=1500)
