@@ -18,6 +18,7 @@ from mycelium.continual.learner import NO_TAGS, TAGS, ContinualLearner, PartCost
 from mycelium.continual.scenarios import Part, Scenario
 from mycelium.data.sources import LABEL_COLUMN
 from mycelium.drift import CombinedOOD, fit_domain_check
+from mycelium.drift.combined_ood import AUTOENCODER, FEATURES, ROW_STATISTICS
 from mycelium.drift.combined_ood import AUTOENCODER
 from mycelium.errors import ConfigError
 from mycelium.experts.fitting import train_expert
@@ -29,6 +30,10 @@ from mycelium.subgraph import Subgraph
 NO_TAGS_BATCHES = "no_tags_batches"
 # Predicted class for rows whose tag names a domain that does not exist yet.
 NO_PREDICTION = -1
+# The domain check of a Split MNIST expert. Untagged routing reads its autoencoder's
+# reconstruction error, so the check keeps one; the MLP experts take flat pixels, which the
+# gradient scores of image domains cannot read without an image shape.
+TASK_CHECK = (FEATURES, AUTOENCODER, ROW_STATISTICS)
 
 
 class MyceliumLearner(ContinualLearner):
@@ -126,7 +131,7 @@ class MyceliumLearner(ContinualLearner):
             combined = fit_domain_check(
                 subgraph.references[0], x_train.numpy(), x_holdout.numpy(), subgraph.base_features(x_holdout),
                 target_fpr=self.target_fpr, min_tail_samples=self.min_tail_samples, seed=self.seed + index,
-                autoencoder=self.autoencoder,
+                autoencoder=self.autoencoder, components=TASK_CHECK,
             )
             subgraph.references[0] = combined
         routing_seconds, routing_cpu_seconds = clock.read()

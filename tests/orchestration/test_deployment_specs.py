@@ -5,6 +5,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mycelium.config import Orchestration
 from mycelium.errors import ConfigError
@@ -78,7 +79,9 @@ def test_unknown_setting_is_rejected(tmp_path):
     from mycelium.config import load_params
 
     path = tmp_path / "params.yaml"
-    path.write_text((PROJECT_ROOT / "params.yaml").read_text() + "  worker_count: 3\n")
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["orchestration"]["worker_count"] = 3
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     with pytest.raises(ConfigError, match="orchestration.worker_count"):
         load_params(path)

@@ -22,7 +22,7 @@ import yaml
 from conftest import DIGITS_PATCH
 from mycelium.config import load_params
 from mycelium.events import read_events
-from mycelium.orchestration.concurrency import training_limit_name
+from mycelium.orchestration.concurrency import ensure_limit, training_limit_name
 from mycelium.orchestration.dashboard import DOMAINS_KEY
 from mycelium.orchestration.events import DRIFT_DETECTED, emit_mycelium_event, flush_events
 from mycelium.orchestration.stack import OrchestrationError, Stack, is_alive
@@ -210,12 +210,23 @@ def test_two_events_for_one_domain_train_in_turn(stack, mnist_digits):
 
 
 def test_two_domains_train_at_once_on_two_workers(stack, mnist_digits):
-    paths = {domain: drifted_rows(stack, mnist_digits, f"pair-{i}", 400 * i) for i, domain in enumerate(PAIR)}
+    from prefect.concurrency.sync import concurrency
 
-    for domain, path in paths.items():
-        emit_drift(domain, path, window=3)
-    flush_events()
-    runs = wait_for_runs("train-patch/train-patch", lambda p: p.get("domain") in PAIR, 2)
+    paths = {domain: drifted_rows(stack, mnist_digits, f"pair-{i}", 400 * i) for i, domain in enumerate(PAIR)}
+    in_pair = lambda p: p.get("domain") in PAIR  # noqa: E731
+
+    # Hold both domains' slots until both runs run, so that a slow process start on one worker
+    # cannot let the other training finish first; released together, the two must overlap.
+    with ExitStack() as held:
+        for domain in PAIR:
+            ensure_limit(training_limit_name(domain))
+            held.enter_context(concurrency(training_limit_name(domain), occupy=1, lease_duration=60, strict=True))
+        for domain, path in paths.items():
+            emit_drift(domain, path, window=3)
+        flush_events()
+        wait_until_running("train-patch/train-patch", in_pair, 2)
+        time.sleep(2)
+    runs = wait_for_runs("train-patch/train-patch", in_pair, 2)
 
     assert all(r.state.is_completed() for r in runs), [failed_logs(r) for r in runs]
     slots = {e["domain"]: e for e in events(stack, "training_slot") if e["domain"] in PAIR}
