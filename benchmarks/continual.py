@@ -411,7 +411,7 @@ TRIED = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="settings file (default: params.yaml)")
     parser.add_argument("--output", default=str(REPORT_DIR), help="folder for continual.json, continual.md and the plots")
     arguments = parser.parse_args(argv)
