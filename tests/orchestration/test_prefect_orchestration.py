@@ -14,6 +14,7 @@ import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 import pytest
@@ -25,7 +26,7 @@ from mycelium.events import read_events
 from mycelium.orchestration.concurrency import ensure_limit, training_limit_name
 from mycelium.orchestration.dashboard import DOMAINS_KEY
 from mycelium.orchestration.events import DRIFT_DETECTED, emit_mycelium_event, flush_events
-from mycelium.orchestration.stack import OrchestrationError, Stack, is_alive
+from mycelium.orchestration.stack import OrchestrationError, Stack, crash_unfinished_runs, is_alive
 from mycelium.system import Mycelium
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -341,6 +342,22 @@ def test_dashboard_shows_domain_table(stack, tmp_path):
     assert DOMAINS_KEY in text
     for domain in [PATCHED, *PAIR, COLD, IDLE]:
         assert domain in text
+
+
+def test_unfinished_runs_marked_crashed(stack):
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Running
+
+    deployment_id = next(i for name, i in stack["state"].deployments.items() if name.endswith("/sweep"))
+    with get_client(sync_client=True) as client:
+        # A run that is already Running is never picked up by a worker, as if its worker had been stopped.
+        run = client.create_flow_run_from_deployment(UUID(deployment_id), state=Running())
+
+        crashed = crash_unfinished_runs(stack["state"].api_url, list(stack["state"].deployments.values()))
+
+        assert crashed >= 1
+        assert client.read_flow_run(run.id).state.type == StateType.CRASHED
 
 
 def test_second_up_is_rejected(stack):
