@@ -25,7 +25,7 @@ import pandas as pd
 
 from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError
 from mycelium.experts.fitting import LABEL
-from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs
+from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
 from mycelium.routing.chains import ChainStage
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid, spec_for_rows
@@ -312,7 +312,10 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
         members = np.flatnonzero(inverse.ravel() == index)
         group = rows.iloc[members][rows.columns[pattern]]
         problem = _not_finite(group)
-        if problem:
+        chained = chained_request_domain(system, list(group.columns))
+        if chained is not None:
+            domain, evidence = None, {"tag": None, "reason": untagged_chained_reason(chained)}
+        elif problem:
             domain, evidence = None, {"tag": None, "reason": problem}
         else:
             domain, evidence = system.infer_domain(group)
@@ -401,6 +404,26 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
         return list(system.controller.domain(upstream_domain).columns)
 
     return compute_inputs(plan, frame, serve, columns_of)
+
+
+def chained_request_domain(system: Mycelium, columns: list[str]) -> str | None:
+    """Return the chained domain whose request columns are exactly ``columns`` (``label``
+    aside), or None. Inference cannot route such rows: no domain's input has these columns."""
+    given = set(columns) - {LABEL}
+    controller = system.controller
+    for domain, inputs in sorted(controller.table.upstream.items()):
+        if not inputs or controller.domain(domain).state == State.RETIRED.value:
+            continue
+        needed = request_columns(controller.chain(domain), lambda name: list(controller.domain(name).columns))
+        if set(needed) == given:
+            return domain
+    return None
+
+
+def untagged_chained_reason(domain: str) -> str:
+    """Return why untagged rows in the request format of chained ``domain`` are not routed, and the fix."""
+    return (f"the columns are the request columns of chained domain {domain!r}, which domain inference "
+            f"cannot route; tag the rows {domain!r} (e.g. `--tag {domain}`)")
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:
