@@ -17,6 +17,10 @@ from mycelium.errors import EmptyDataError, InputError, IntegrityError, Mycelium
 
 # Input and output files of `route` and `train-patch`, by suffix.
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+# Default tag column of `route`.
+TAG_COLUMN = "tag"
+# Exit code of `route` when it wrote predictions but routed no row.
+NOTHING_ROUTED = 1
 
 
 def _system(args: argparse.Namespace):
@@ -98,6 +102,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     frame = _read_frame(args.file).reset_index(drop=True)
     if len(frame) == 0:
         raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
+    if args.tag_column is None:
+        args.tag_column = TAG_COLUMN
+    elif args.tag_column not in frame.columns:
+        raise InputError(
+            f"{args.file} has no --tag-column column {args.tag_column!r}; its columns are {_column_list(frame)}."
+        )
     if args.tag is not None and args.tag_column in frame.columns:
         raise InputError(
             f"{args.file} has a {args.tag_column!r} column and --tag was given; drop one of them "
@@ -124,7 +134,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{count} rows -> {domain if isinstance(domain, str) else 'no domain'}"
                         for domain, count in counts.items())
     print(f"wrote {len(result)} predictions to {output} ({summary})")
+    if result["domain"].isna().all():
+        print(f"warning: no row of {args.file} was routed; the 'route' column of {output} says why for each row",
+              file=sys.stderr)
+        return NOTHING_ROUTED
     return 0
+
+
+def _column_list(frame: pd.DataFrame) -> str:
+    columns = [str(column) for column in frame.columns]
+    more = f" and {len(columns) - 8} more" if len(columns) > 8 else ""
+    return ", ".join(columns[:8]) + more
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -245,12 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "domain and subgraph version of every row. A row for a chained domain (one with upstream "
                     "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
                     "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
-                    "lists the domain, version and chain depth of every stage.")
+                    "lists the domain, version and chain depth of every stage. Exit code: 0 when at least one "
+                    f"row was routed, {NOTHING_ROUTED} when no row was (the predictions file is still written, and "
+                    "its 'route' column says why), 2 on an error.")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
-    route.add_argument("--tag-column", default="tag", help="column with each row's tags (default: tag); a cell "
-                                                          "contains one tag or several separated by commas")
+    route.add_argument("--tag-column", default=None,
+                       help="column with each row's tags (default: tag, if the file has it); a cell contains one tag "
+                            "or several separated by commas. A column named here must exist")
     route.add_argument("-o", "--output", type=Path, default=None,
                        help="output file, .csv or .parquet (default: FILE.predictions with FILE's suffix)")
     route.add_argument("--batch-size", type=_positive_int, default=1024,
