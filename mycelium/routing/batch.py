@@ -16,7 +16,7 @@ batch, and each row's ``stages`` records the domain, version, patches and depth 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ import pandas as pd
 from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError
 from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
-from mycelium.routing.chains import ChainStage
+from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid, spec_for_rows
 from mycelium.validation.quarantine import quarantine_batch
@@ -391,31 +391,69 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
     """
     plan = system.controller.chain(domain)
 
+    def columns_of(upstream_domain: str) -> list[str]:
+        return list(system.controller.domain(upstream_domain).columns)
+
+    if validate:
+        _validate_request(system, plan, frame, columns_of, name)
+
     def serve(stage: ChainStage, rows: pd.DataFrame, groups: np.ndarray) -> ServedStage:
         record = _hot_record(system, stage.domain, rows, name)
         subgraph = system.subgraph(stage.domain)
-        if validate:
+        # Slots read from the request were checked by _validate_request; outputs of inner stages were not.
+        if validate and any(node.inputs for node in stage.nodes):
             _validate_part(system, stage.domain, rows, subgraph.info["expectations"], f"{name}-chain")
         outputs, depth = subgraph.outputs(rows, stage.outputs, groups=groups)
         system.controller.record_use(stage.domain, len(rows))
         return ServedStage(outputs, depth, record.version, tuple(record.patches))
 
-    def columns_of(upstream_domain: str) -> list[str]:
-        return list(system.controller.domain(upstream_domain).columns)
-
     return compute_inputs(plan, frame, serve, columns_of)
+
+
+def _validate_request(
+    system: Mycelium, plan: ChainPlan, frame: pd.DataFrame, columns_of: Callable[[str], list[str]], name: str
+) -> None:
+    """Validate each slot's request columns against its upstream domain's expectations before
+    the slots are stacked, so that an error names request columns (``a.px_05``) and request
+    rows, and the quarantine keeps the request's rows.
+
+    Does nothing when request columns are missing: ``compute_inputs`` then raises the
+    InputError that lists them.
+    """
+    needed = request_columns(plan, columns_of)
+    if any(column not in frame.columns for column in needed):
+        return
+    columns: list[str] = []
+    features: dict[str, Any] = {}
+    slot_spec: dict[str, Any] = {}
+    for leaf in plan.leaves():
+        slot_columns = columns_of(leaf.domain)
+        slot_rows = frame[[leaf.prefix + column for column in slot_columns]].set_axis(slot_columns, axis=1)
+        _hot_record(system, leaf.domain, slot_rows, name)
+        slot_spec = system.subgraph(leaf.domain).info["expectations"]
+        for column in slot_spec["columns"]:
+            if column == slot_spec["label_column"]:
+                continue
+            columns.append(leaf.prefix + column)
+            if column in slot_spec["features"]:
+                features[leaf.prefix + column] = slot_spec["features"][column]
+    # The request's label belongs to the requested domain, whose own validation checks it.
+    if LABEL in frame.columns:
+        columns.append(LABEL)
+    spec = {**slot_spec, "columns": columns, "features": features, "label_column": None, "label_values": None}
+    _validate_part(system, plan.domain, frame[columns], spec, name)
 
 
 def chained_request_domain(system: Mycelium, columns: list[str]) -> str | None:
     """Return the chained domain whose request columns are exactly ``columns`` (``label``
     aside), or None. Inference cannot route such rows: no domain's input has these columns."""
-    given = set(columns) - {LABEL}
+    feature_columns = set(columns) - {LABEL}
     controller = system.controller
     for domain, inputs in sorted(controller.table.upstream.items()):
         if not inputs or controller.domain(domain).state == State.RETIRED.value:
             continue
         needed = request_columns(controller.chain(domain), lambda name: list(controller.domain(name).columns))
-        if set(needed) == given:
+        if set(needed) == feature_columns:
             return domain
     return None
 

@@ -122,6 +122,22 @@ class TestChainedIngest:
         assert [e["event"] for e in system.events.events][-1] == "batch_quarantined"
 
 
+    def test_invalid_slot_value_names_request_column_and_row(self, system, digit_pairs):
+        rows = digit_pairs.test.iloc[:BATCH_ROWS].copy()
+        rows.iloc[3, rows.columns.get_loc("b.px_05")] = 99.0
+
+        with pytest.raises(DataValidationError) as info:
+            system.ingest(rows, PAIRS, name="bad-pairs")
+
+        message = str(info.value)
+        assert "column 'b.px_05'" in message
+        assert "(rows 3)" in message
+        assert f"({BATCH_ROWS} rows)" in message
+        assert "'px_05'" not in message
+        kept = pd.read_parquet(Path(info.value.quarantine_path) / "batch.parquet")
+        pd.testing.assert_frame_equal(kept, rows, check_dtype=False)
+
+
 class TestChainedRouting:
     def test_untagged_request_rows_are_unrouted_with_tag_hint(self, system, digit_pairs):
         routed = route_batch(system, digit_pairs.test.iloc[:10])
