@@ -169,9 +169,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_train_patch(args: argparse.Namespace) -> int:
     from mycelium.experts.fitting import LABEL
 
+    from mycelium.routing.batch import chain_inputs
+
     frame = _read_frame(args.data)
     system = _system(args)
     record = system.controller.domain(args.domain)
+    chained = args.domain in system.controller.table.upstream
+    if chained and any(c not in frame.columns for c in record.columns):
+        # A chained domain's patch reads its upstream outputs; compute them from the request columns as route does.
+        frame = chain_inputs(system, args.domain, frame, validate=True, name=args.data.stem).frame
     missing = [c for c in record.columns if c not in frame.columns]
     if missing:
         raise InputError(
@@ -296,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_patch = commands.add_parser(
         "train-patch", help="train a patch for a hot domain on a labelled CSV or Parquet file",
         description="Train a low-rank patch beside DOMAIN's frozen expert on DATA, which needs the domain's "
-                    "input columns and a label column. The patched subgraph becomes a new version.")
+                    "input columns and a label column. For a chained domain (one with upstream inputs, see "
+                    "`mycelium status`) DATA has the request columns that `route` takes, e.g. a.px_00 ... b.px_63 "
+                    "and label, and the upstream stages compute the domain's input columns from them. The patched "
+                    "subgraph becomes a new version.")
     train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
     train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
     train_patch.set_defaults(handler=cmd_train_patch)
