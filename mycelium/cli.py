@@ -17,6 +17,10 @@ from mycelium.errors import EmptyDataError, InputError, IntegrityError, Mycelium
 
 # Input and output files of `route` and `train-patch`, by suffix.
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+# Default tag column of `route`.
+TAG_COLUMN = "tag"
+# Exit code of `route` when it wrote predictions but routed no row.
+NOTHING_ROUTED = 1
 
 
 def _system(args: argparse.Namespace):
@@ -98,6 +102,12 @@ def cmd_route(args: argparse.Namespace) -> int:
     frame = _read_frame(args.file).reset_index(drop=True)
     if len(frame) == 0:
         raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
+    if args.tag_column is None:
+        args.tag_column = TAG_COLUMN
+    elif args.tag_column not in frame.columns:
+        raise InputError(
+            f"{args.file} has no --tag-column column {args.tag_column!r}; its columns are {_column_list(frame)}."
+        )
     if args.tag is not None and args.tag_column in frame.columns:
         raise InputError(
             f"{args.file} has a {args.tag_column!r} column and --tag was given; drop one of them "
@@ -124,7 +134,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{count} rows -> {domain if isinstance(domain, str) else 'no domain'}"
                         for domain, count in counts.items())
     print(f"wrote {len(result)} predictions to {output} ({summary})")
+    if result["domain"].isna().all():
+        print(f"warning: no row of {args.file} was routed; the 'route' column of {output} says why for each row",
+              file=sys.stderr)
+        return NOTHING_ROUTED
     return 0
+
+
+def _column_list(frame: pd.DataFrame) -> str:
+    columns = [str(column) for column in frame.columns]
+    more = f" and {len(columns) - 8} more" if len(columns) > 8 else ""
+    return ", ".join(columns[:8]) + more
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -149,9 +169,15 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_train_patch(args: argparse.Namespace) -> int:
     from mycelium.experts.fitting import LABEL
 
+    from mycelium.routing.batch import chain_inputs
+
     frame = _read_frame(args.data)
     system = _system(args)
     record = system.controller.domain(args.domain)
+    chained = args.domain in system.controller.table.upstream
+    if chained and any(c not in frame.columns for c in record.columns):
+        # A chained domain's patch reads its upstream outputs; compute them from the request columns as route does.
+        frame = chain_inputs(system, args.domain, frame, validate=True, name=args.data.stem).frame
     missing = [c for c in record.columns if c not in frame.columns]
     if missing:
         raise InputError(
@@ -245,12 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "domain and subgraph version of every row. A row for a chained domain (one with upstream "
                     "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
                     "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
-                    "lists the domain, version and chain depth of every stage.")
+                    "lists the domain, version and chain depth of every stage. Exit code: 0 when at least one "
+                    f"row was routed, {NOTHING_ROUTED} when no row was (the predictions file is still written, and "
+                    "its 'route' column says why), 2 on an error.")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
-    route.add_argument("--tag-column", default="tag", help="column with each row's tags (default: tag); a cell "
-                                                          "contains one tag or several separated by commas")
+    route.add_argument("--tag-column", default=None,
+                       help="column with each row's tags (default: tag, if the file has it); a cell contains one tag "
+                            "or several separated by commas. A column named here must exist")
     route.add_argument("-o", "--output", type=Path, default=None,
                        help="output file, .csv or .parquet (default: FILE.predictions with FILE's suffix)")
     route.add_argument("--batch-size", type=_positive_int, default=1024,
@@ -273,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_patch = commands.add_parser(
         "train-patch", help="train a patch for a hot domain on a labelled CSV or Parquet file",
         description="Train a low-rank patch beside DOMAIN's frozen expert on DATA, which needs the domain's "
-                    "input columns and a label column. The patched subgraph becomes a new version.")
+                    "input columns and a label column. For a chained domain (one with upstream inputs, see "
+                    "`mycelium status`) DATA has the request columns that `route` takes, e.g. a.px_00 ... b.px_63 "
+                    "and label, and the upstream stages compute the domain's input columns from them. The patched "
+                    "subgraph becomes a new version.")
     train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
     train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
     train_patch.set_defaults(handler=cmd_train_patch)

@@ -43,7 +43,7 @@ from mycelium.errors import (
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
-from mycelium.routing.batch import chain_inputs
+from mycelium.routing.batch import chain_inputs, chained_request_domain, untagged_chained_reason
 from mycelium.routing.chains import UpstreamInput
 from mycelium.routing.chained import StageRecord, compute_inputs, schema_columns, subgraph_server
 from mycelium.routing.controller import DomainRecord, MetaController
@@ -207,7 +207,8 @@ class Mycelium:
         each upstream slot's input as prefixed columns (``a.px_00``): the upstream stages run
         first, and the domain's own detection, patches and reservoir then work on their
         outputs. Chained batches must be tagged, because inference matches a batch's columns
-        against a domain's own input columns.
+        against a domain's own input columns. An untagged batch whose columns are a chained
+        domain's request columns is quarantined, and DataValidationError names the tag to use.
         """
         self.step += 1
         name = name or f"step-{self.step:05d}"
@@ -216,6 +217,7 @@ class Mycelium:
         if tag is not None:
             domain, evidence = self.controller.resolve(tag).name, {"tag": tag}
         else:
+            self._reject_untagged_chained(batch, name)
             self._require_finite(batch, name)
             domain, evidence = self.infer_domain(batch)
             if domain is None:
@@ -278,6 +280,24 @@ class Mycelium:
                          depth_counts=depth_counts, routing=evidence, decision=decision.to_dict(), stages=stages)
         return BatchResult(self.step, domain, record.version, record.state, len(batch), accuracy,
                            depth_counts, decision.to_dict(), actions, stages)
+
+    def _reject_untagged_chained(self, batch: pd.DataFrame, name: str) -> None:
+        """Quarantine an untagged batch in the request format of a chained domain.
+
+        Inference would find no domain for its slot-prefixed columns and queue it, so a
+        duplicate expert would be trained on the raw upstream inputs.
+        """
+        domain = chained_request_domain(self, list(batch.columns))
+        if domain is None:
+            return
+        reason = untagged_chained_reason(domain)
+        path = quarantine_batch(batch, name=name, reason=reason, quarantine_dir=self.params.paths.quarantine)
+        self.events.emit("batch_quarantined", step=self.step, domain=None, batch=name, path=path, reason=reason)
+        raise DataValidationError(
+            f"Untagged batch {name!r} cannot be routed: {reason}. It was quarantined in {path}; "
+            f"send it again with tag {domain!r}.",
+            quarantine_path=str(path),
+        )
 
     def _require_finite(self, batch: pd.DataFrame, name: str) -> None:
         """Quarantine an untagged batch whose features are not all finite numbers or whose labels

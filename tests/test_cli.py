@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mycelium.cli import main
+from mycelium.cli import NOTHING_ROUTED, main
 from mycelium.config import load_params
 from mycelium.experts.fitting import chain_features
 from mycelium.routing.tags import safe_name
@@ -148,6 +148,8 @@ class TestRoute:
              r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]"),
             (lambda d, rows: _csv(d, rows.drop(columns=["px_00"])), ["--tag", "vision/digits"],
              r"missing columns \['px_00'\] that domain 'vision/digits' needs"),
+            (lambda d, rows: _csv(d, rows.assign(source="vision/digits")), ["--tag-column", "sources"],
+             r"has no --tag-column column 'sources'; its columns are px_00, px_01, .* and 58 more\."),
             (lambda d, rows: _csv(d, rows), ["--tag", "vision//digits"], r"Invalid tag 'vision//digits'"),
             (lambda d, rows: _csv(d, rows), ["--tag", "vision/digits", "-o", "out.json"],
              r"output file out\.json has suffix '\.json'"),
@@ -338,6 +340,39 @@ class TestChainedDomain:
         }
         assert (result["prediction"] == rows["label"].to_numpy()).mean() > 0.8
         assert "40 rows -> vision/digit-pairs" in out
+
+    def test_untagged_requests_exit_nonzero(self, chained_project, capsys, digit_pairs):
+        digit_pairs.test.iloc[:20].to_csv(chained_project / "pairs.csv", index=False)
+
+        code, out, err = run(chained_project, capsys, "route", str(chained_project / "pairs.csv"), "--no-progress")
+
+        assert code == NOTHING_ROUTED != 0
+        assert err.startswith("warning: no row of ")
+        assert len(err.strip().splitlines()) == 1
+        assert "20 rows -> no domain" in out
+        result = pd.read_csv(chained_project / "pairs.predictions.csv")
+        assert result["prediction"].isna().all()
+        assert "tag the rows 'vision/digit-pairs' (e.g. `--tag vision/digit-pairs`)" in result["route"][0]
+
+    def test_train_patch_takes_request_columns(self, chained_project, capsys, digit_pairs):
+        digit_pairs.train.iloc[:400].to_csv(chained_project / "pairs.csv", index=False)
+
+        code, out, err = run(chained_project, capsys, "train-patch", PAIRS, str(chained_project / "pairs.csv"))
+
+        assert (code, err) == (0, "")
+        report = json.loads(out)
+        assert (report["domain"], report["depth"], report["train_samples"]) == (PAIRS, 1, 320)
+        record = system_of(chained_project).controller.domain(PAIRS)
+        assert (record.version, record.patches) == (2, ["patch-1"])
+        assert system_of(chained_project).controller.domain(DOMAIN).patches == []
+
+    def test_train_patch_without_request_columns_says_format(self, chained_project, capsys, uci_digits):
+        uci_digits.train.iloc[:40].to_csv(chained_project / "digits.csv", index=False)
+
+        code, _, err = run(chained_project, capsys, "train-patch", PAIRS, str(chained_project / "digits.csv"))
+
+        assert_one_line_error(code, err, r"missing request columns \['a\.px_00'.*a\.COLUMN for 'vision/digits'")
+        assert system_of(chained_project).controller.domain(PAIRS).version == 1
 
     def test_route_without_slot_columns_says_format(self, chained_project, capsys, uci_digits):
         uci_digits.test.iloc[:10].to_csv(chained_project / "digits.csv", index=False)

@@ -16,7 +16,7 @@ batch, and each row's ``stages`` records the domain, version, patches and depth 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,8 @@ import pandas as pd
 
 from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError
 from mycelium.experts.fitting import LABEL
-from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs
-from mycelium.routing.chains import ChainStage
+from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
+from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid, spec_for_rows
 from mycelium.validation.quarantine import quarantine_batch
@@ -312,7 +312,10 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
         members = np.flatnonzero(inverse.ravel() == index)
         group = rows.iloc[members][rows.columns[pattern]]
         problem = _not_finite(group)
-        if problem:
+        chained = chained_request_domain(system, list(group.columns))
+        if chained is not None:
+            domain, evidence = None, {"tag": None, "reason": untagged_chained_reason(chained)}
+        elif problem:
             domain, evidence = None, {"tag": None, "reason": problem}
         else:
             domain, evidence = system.infer_domain(group)
@@ -388,19 +391,77 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
     """
     plan = system.controller.chain(domain)
 
+    def columns_of(upstream_domain: str) -> list[str]:
+        return list(system.controller.domain(upstream_domain).columns)
+
+    if validate:
+        _validate_request(system, plan, frame, columns_of, name)
+
     def serve(stage: ChainStage, rows: pd.DataFrame, groups: np.ndarray) -> ServedStage:
         record = _hot_record(system, stage.domain, rows, name)
         subgraph = system.subgraph(stage.domain)
-        if validate:
+        # Slots read from the request were checked by _validate_request; outputs of inner stages were not.
+        if validate and any(node.inputs for node in stage.nodes):
             _validate_part(system, stage.domain, rows, subgraph.info["expectations"], f"{name}-chain")
         outputs, depth = subgraph.outputs(rows, stage.outputs, groups=groups)
         system.controller.record_use(stage.domain, len(rows))
         return ServedStage(outputs, depth, record.version, tuple(record.patches))
 
-    def columns_of(upstream_domain: str) -> list[str]:
-        return list(system.controller.domain(upstream_domain).columns)
-
     return compute_inputs(plan, frame, serve, columns_of)
+
+
+def _validate_request(
+    system: Mycelium, plan: ChainPlan, frame: pd.DataFrame, columns_of: Callable[[str], list[str]], name: str
+) -> None:
+    """Validate each slot's request columns against its upstream domain's expectations before
+    the slots are stacked, so that an error names request columns (``a.px_05``) and request
+    rows, and the quarantine keeps the request's rows.
+
+    Does nothing when request columns are missing: ``compute_inputs`` then raises the
+    InputError that lists them.
+    """
+    needed = request_columns(plan, columns_of)
+    if any(column not in frame.columns for column in needed):
+        return
+    columns: list[str] = []
+    features: dict[str, Any] = {}
+    slot_spec: dict[str, Any] = {}
+    for leaf in plan.leaves():
+        slot_columns = columns_of(leaf.domain)
+        slot_rows = frame[[leaf.prefix + column for column in slot_columns]].set_axis(slot_columns, axis=1)
+        _hot_record(system, leaf.domain, slot_rows, name)
+        slot_spec = system.subgraph(leaf.domain).info["expectations"]
+        for column in slot_spec["columns"]:
+            if column == slot_spec["label_column"]:
+                continue
+            columns.append(leaf.prefix + column)
+            if column in slot_spec["features"]:
+                features[leaf.prefix + column] = slot_spec["features"][column]
+    # The request's label belongs to the requested domain, whose own validation checks it.
+    if LABEL in frame.columns:
+        columns.append(LABEL)
+    spec = {**slot_spec, "columns": columns, "features": features, "label_column": None, "label_values": None}
+    _validate_part(system, plan.domain, frame[columns], spec, name)
+
+
+def chained_request_domain(system: Mycelium, columns: list[str]) -> str | None:
+    """Return the chained domain whose request columns are exactly ``columns`` (``label``
+    aside), or None. Inference cannot route such rows: no domain's input has these columns."""
+    feature_columns = set(columns) - {LABEL}
+    controller = system.controller
+    for domain, inputs in sorted(controller.table.upstream.items()):
+        if not inputs or controller.domain(domain).state == State.RETIRED.value:
+            continue
+        needed = request_columns(controller.chain(domain), lambda name: list(controller.domain(name).columns))
+        if set(needed) == feature_columns:
+            return domain
+    return None
+
+
+def untagged_chained_reason(domain: str) -> str:
+    """Return why untagged rows in the request format of chained ``domain`` are not routed, and the fix."""
+    return (f"the columns are the request columns of chained domain {domain!r}, which domain inference "
+            f"cannot route; tag the rows {domain!r} (e.g. `--tag {domain}`)")
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mycelium.config import Paths, Params, load_params
-from mycelium.errors import InputError
+from mycelium.errors import DataValidationError, InputError
 from mycelium.experts.fitting import chain_features, train_chained_expert
 from mycelium.routing.batch import chain_inputs, route_batch
 from mycelium.routing.chains import UpstreamInput, plan_chain
@@ -109,7 +109,43 @@ class TestChainedIngest:
             system.ingest(without_b, PAIRS)
 
 
+    def test_untagged_request_is_quarantined_with_tag_hint(self, system, digit_pairs, params):
+        rows = digit_pairs.test.iloc[:BATCH_ROWS]
+
+        with pytest.raises(DataValidationError, match=r"chained domain 'vision/digit-pairs'.*tag 'vision/digit-pairs'") as info:
+            system.ingest(rows, name="untagged-pairs")
+
+        kept = sorted(Path(info.value.quarantine_path).glob("*.parquet"))
+        assert len(kept) == 1
+        pd.testing.assert_frame_equal(pd.read_parquet(kept[0]), rows, check_dtype=False)
+        assert not (system.root / "new_domain_queue").exists()
+        assert [e["event"] for e in system.events.events][-1] == "batch_quarantined"
+
+
+    def test_invalid_slot_value_names_request_column_and_row(self, system, digit_pairs):
+        rows = digit_pairs.test.iloc[:BATCH_ROWS].copy()
+        rows.iloc[3, rows.columns.get_loc("b.px_05")] = 99.0
+
+        with pytest.raises(DataValidationError) as info:
+            system.ingest(rows, PAIRS, name="bad-pairs")
+
+        message = str(info.value)
+        assert "column 'b.px_05'" in message
+        assert "(rows 3)" in message
+        assert f"({BATCH_ROWS} rows)" in message
+        assert "'px_05'" not in message
+        kept = pd.read_parquet(Path(info.value.quarantine_path) / "batch.parquet")
+        pd.testing.assert_frame_equal(kept, rows, check_dtype=False)
+
+
 class TestChainedRouting:
+    def test_untagged_request_rows_are_unrouted_with_tag_hint(self, system, digit_pairs):
+        routed = route_batch(system, digit_pairs.test.iloc[:10])
+
+        assert (routed.prediction == -1).all()
+        assert "tag the rows 'vision/digit-pairs'" in routed.route[0]
+        assert "rows kept in" in routed.route[0]
+
     def test_mixed_batch_records_stages_per_row(self, system, digit_pairs, uci_digits):
         digits = uci_digits.test.iloc[:10].assign(tag=DIGITS)
         chained = digit_pairs.test.iloc[:10].assign(tag=PAIRS)
