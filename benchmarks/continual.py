@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.detection import _plain, machine  # noqa: E402
+from benchmarks.detection import machine  # noqa: E402
+from benchmarks.report import plain  # noqa: E402
 from mycelium.config import Params, PartRows, TwoPartScenario, load_params  # noqa: E402
 from mycelium.continual import (  # noqa: E402
     NO_TAGS,
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "findings": findings(scenarios, continual.eval_batch_rows),
         "notes": NOTES,
     }
-    (output / "continual.json").write_text(json.dumps(_plain(report), indent=1, allow_nan=False) + "\n")
+    (output / "continual.json").write_text(json.dumps(plain(report), indent=1, allow_nan=False) + "\n")
     write_markdown(report, output / "continual.md")
     logger.info("Wrote %s and %s in %.0f s", output / "continual.json", output / "continual.md", seconds)
     return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import cpu_model, plain  # noqa: E402
 from mycelium.config import ExpertTraining, Params, load_params  # noqa: E402
 from mycelium.data.sources import load_mnist_resampled, load_rainfall, load_uci_digits  # noqa: E402
 from mycelium.drift import (  # noqa: E402
@@ -707,11 +707,7 @@ def page_hinkley_findings(sweep: dict[str, Any]) -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        model = names[0] if names else model
+    model = cpu_model(platform.processor() or "unknown")
     import river
     import sklearn
 
@@ -937,7 +933,7 @@ def run(params: Params, output: Path) -> int:
         ],
     }
     output.mkdir(parents=True, exist_ok=True)
-    (output / "detection.json").write_text(json.dumps(_plain(report), indent=2, allow_nan=False) + "\n")
+    (output / "detection.json").write_text(json.dumps(plain(report), indent=2, allow_nan=False) + "\n")
     write_markdown(report, output / "detection.md")
     logger.info("Wrote %s and %s in %.0f s", output / "detection.json", output / "detection.md", seconds)
     return 0
@@ -958,21 +954,6 @@ def _predict(subgraph: Subgraph, frame: pd.DataFrame) -> np.ndarray:
 
 def _embeddings(subgraph: Subgraph, frame: pd.DataFrame) -> np.ndarray:
     return subgraph.base_features(subgraph.inputs(frame))
-
-
-def _plain(value: Any) -> Any:
-    """Convert numpy scalars and non-finite floats for strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.report import cpu_model  # noqa: E402
 from mycelium.config import ExpertTraining, Paths, load_params  # noqa: E402
 from mycelium.data.sources import load_uci_digits  # noqa: E402
 from mycelium.experts.fitting import train_expert  # noqa: E402
@@ -101,16 +102,9 @@ def main() -> None:
 
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(platform.processor() or "unknown"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -498,6 +492,6 @@ def _loads(values: list[float] | tuple[float, ...]) -> str:
 
 
 if __name__ == "__main__":
-    # No options: the parser only answers --help, so asking for help never runs the benchmark.
+    # No options: the parser handles only --help, so a request for help never runs the benchmark.
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
