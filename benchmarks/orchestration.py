@@ -59,7 +59,7 @@ RUN_TIMEOUT_S = 300
 
 def write_params(folder: Path) -> Path:
     """Write params.yaml with paths in ``folder``, a small patch, a free port, the shortest lease
-    Prefect allows (60 s) and a waiting run that asks for its slot every second."""
+    Prefect allows (60 s) and a waiting run that requests its slot every second."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["paths"] = {name: str(folder / name) for name in raw["paths"]}
     raw["patch"] = SMALL_PATCH.model_dump()

@@ -50,7 +50,7 @@ class DatasetSplit(_Settings):
 
 class PairTable(_Settings):
     """A table of row pairs labelled equal (1) or not (0), drawn within each part of the prepared
-    table ``of``; ``pairs`` sets how many pairs each listed part gets."""
+    table ``of``. ``pairs`` sets how many pairs each listed part gets."""
 
     of: str
     pairs: dict[Literal["train", "calibration", "stream", "test"], int]

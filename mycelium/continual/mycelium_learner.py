@@ -30,9 +30,9 @@ from mycelium.subgraph import Subgraph
 NO_TAGS_BATCHES = "no_tags_batches"
 # Predicted class for rows whose tag names a domain that does not exist yet.
 NO_PREDICTION = -1
-# The domain check of a Split MNIST expert. Untagged routing reads its autoencoder's
-# reconstruction error, so the check keeps one; the MLP experts take flat pixels, which the
-# gradient scores of image domains cannot read without an image shape.
+# The domain check of a Split MNIST expert. It keeps an autoencoder because untagged routing
+# reads its reconstruction error. The MLP experts take flat pixels, and the gradient scores of
+# image domains cannot read those without an image shape.
 TASK_CHECK = (FEATURES, AUTOENCODER, ROW_STATISTICS)
 
 

@@ -132,7 +132,7 @@ def train_chained_expert(
     """Train the expert of a chained domain on the upstream outputs of request rows.
 
     ``train`` and ``holdout`` are in the request format (``a.px_00`` ...). The upstream
-    subgraphs stay as they are; the new expert learns from their outputs, and its ``info``
+    subgraphs stay as they are, and the new expert learns from their outputs. Its ``info``
     records the declared ``upstream`` inputs next to the usual training facts.
     """
     features_train = chain_features(plan, train, subgraph_of)

@@ -3,7 +3,7 @@
 The request is a frame whose columns carry slot prefixes. For ``vision/digit-pairs`` with
 slots ``a`` and ``b`` from ``vision/digits``, a row has ``a.px_00`` ... ``a.px_63`` and
 ``b.px_00`` ... ``b.px_63`` (and optionally ``label``). Each stage of the chain plan runs
-once, on one batch that stacks the rows of every slot its domain serves; the chain depth
+once, on one batch that stacks the rows of every slot its domain serves. The chain depth
 (patches applied) is chosen per slot, because each slot's rows come from one source. The
 outputs are renamed with the slot prefix (``a.logit_0`` ...) and become the next stage's input.
 The caller serves each stage through a ``StageServer``, so the same code runs in the

@@ -1,4 +1,4 @@
-"""Average accuracy, forgetting and backward transfer on accuracy matrices with known answers."""
+"""Average accuracy, forgetting and backward transfer on accuracy matrices with known results."""
 
 import numpy as np
 import pytest

@@ -217,7 +217,7 @@ def test_two_domains_train_at_once_on_two_workers(stack, mnist_digits):
     in_pair = lambda p: p.get("domain") in PAIR  # noqa: E731
 
     # Hold both domains' slots until both runs run, so that a slow process start on one worker
-    # cannot let the other training finish first; released together, the two must overlap.
+    # cannot let the other training finish first. Released together, the two must overlap.
     with ExitStack() as held:
         for domain in PAIR:
             ensure_limit(training_limit_name(domain))
