@@ -135,8 +135,11 @@ def cmd_route(args: argparse.Namespace) -> int:
                         for domain, count in counts.items())
     print(f"wrote {len(result)} predictions to {output} ({summary})")
     if result["domain"].isna().all():
-        print(f"warning: no row of {args.file} was routed; the 'route' column of {output} says why for each row",
-              file=sys.stderr)
+        reasons = result["route"].dropna().unique()
+        shown = "; ".join(str(reason) for reason in reasons[:3])
+        more = f" (and {len(reasons) - 3} more reasons)" if len(reasons) > 3 else ""
+        print(f"warning: no row of {args.file} was routed: {shown}{more}. The 'route' column of {output} "
+              "gives the reason for each row.", file=sys.stderr)
         return NOTHING_ROUTED
     return 0
 

@@ -349,6 +349,7 @@ class TestChainedDomain:
         assert code == NOTHING_ROUTED != 0
         assert err.startswith("warning: no row of ")
         assert len(err.strip().splitlines()) == 1
+        assert "--tag vision/digit-pairs" in err
         assert "20 rows -> no domain" in out
         result = pd.read_csv(chained_project / "pairs.predictions.csv")
         assert result["prediction"].isna().all()
