@@ -205,24 +205,33 @@ def median_seconds(call: Callable[[pd.DataFrame], Any], batches: list[pd.DataFra
 def synthetic_table(n_domains: int, *, distinct_schemas: bool = False) -> RoutingTable:
     """Return a table of ``n_domains`` hot domains with every DomainRecord field filled.
 
-    Each domain has two tags, ``area-<i mod 100>/domain-<i>`` and ``name-<i>``, and the input
+    Each domain has two tags, its name (see `domain_name`) and ``name-<i>``, and the input
     columns of one of three schemas of 64, 8 and 19 columns (or its own 19 columns when
     ``distinct_schemas``).
     """
     schemas = [[f"px_{i:02d}" for i in range(64)], [f"weather_{i}" for i in range(8)], [f"segment_{i}" for i in range(19)]]
     table = RoutingTable(version=2 * n_domains)
     for i in range(n_domains):
-        name = f"area-{i % 100}/domain-{i}"
+        name = domain_name(i)
         columns = [f"d{i}_feature_{j}" for j in range(19)] if distinct_schemas else list(schemas[i % 3])
         table.domains[name] = DomainRecord(
-            name=name, tags=[name, f"name-{i}"], state="hot", version=3, architecture="mlp", n_params=12_345,
-            fp32_bytes=49_380, model_dir=f"models/area-{i % 100}__domain-{i}/v0003", cold_version="v0002",
+            name=name, tags=[name, f"name-{i:06d}"], state="hot", version=3, architecture="mlp", n_params=12_345,
+            fp32_bytes=49_380, model_dir=f"models/{name.replace('/', '__')}/v0003", cold_version="v0002",
             patches=["patch-1", "patch-2"], columns=columns, pinned=False, successor=None,
             locality=Locality(last_used=1.7e9 + i, uses=5 + i, activity=2.5), metrics={"holdout_accuracy": 0.97},
         )
         table.tags[name] = name
-        table.tags[f"name-{i}"] = name
+        table.tags[f"name-{i:06d}"] = name
     return table
+
+
+def domain_name(i: int) -> str:
+    """Return the name of synthetic domain ``i``: ``area-07/domain-000123``.
+
+    The numbers have a fixed width, so tags are equally long at every table size and the
+    decision times differ only by the number of domains, not by the cost of longer strings.
+    """
+    return f"area-{i % 100:02d}/domain-{i:06d}"
 
 
 def measure_decisions(root: Path) -> dict[str, Any]:
@@ -236,7 +245,7 @@ def measure_decisions(root: Path) -> dict[str, Any]:
         controllers[count].table
         # Input tags one level below a registered tag, so each decision falls back once.
         picks = rng.integers(0, count, size=DECISION_TAGS)
-        tag_lists[count] = [f"area-{i % 100}/domain-{i}/batch-{j}" for j, i in enumerate(picks)]
+        tag_lists[count] = [f"{domain_name(i)}/batch-{j:04d}" for j, i in enumerate(picks)]
 
     def explain(count: int) -> None:
         explain_tag = controllers[count].explain

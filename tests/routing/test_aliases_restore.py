@@ -1,6 +1,7 @@
 """MetaController on real files: multi-tag rules, aliases, restoring past tables, the table format."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def mapping(table: RoutingTable) -> dict:
     """The table's domains, tags and aliases without version and locality, with columns inline."""
     return {
         "domains": {
-            name: {key: value for key, value in vars(record).items() if key != "locality"}
+            name: {key: value for key, value in asdict(record).items() if key != "locality"}
             for name, record in table.domains.items()
         },
         "tags": dict(table.tags),
