@@ -199,7 +199,8 @@ def cmd_train_patch(args: argparse.Namespace) -> int:
         problem = f"columns {non_numeric[:5]} are not numeric" if non_numeric else "some feature values are missing"
         raise InputError(f"{args.data} cannot train a patch: {problem}. Fix or drop those rows and run it again.")
     report = system.train_patch(args.domain, data=frame)
-    print(json.dumps(asdict(report), indent=1))
+    version = system.controller.domain(args.domain).version
+    print(json.dumps({**asdict(report), "version": version}, indent=1))
     return 0
 
 
@@ -218,6 +219,11 @@ def _stack(args: argparse.Namespace):
 
 
 def cmd_orchestrate(args: argparse.Namespace) -> int:
+    if args.port is not None and args.action != "up":
+        raise InputError(
+            f"--port applies to `orchestrate up` only; `{args.action}` uses the port recorded by `up` in "
+            ".prefect/orchestration.json. Run it without --port."
+        )
     stack = _stack(args)
     if args.action == "up":
         state = stack.up()
@@ -244,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     status = commands.add_parser(
-        "status", help="table of domains: tags, state, version, size, last use, accuracy, upstream inputs")
+        "status", help="table of domains: tags, state, version, size, last use, accuracy, upstream inputs",
+        description="Print one row per domain of the routing table: tags, state (hot, cold, training, retired), "
+                    "subgraph version and patches, size, last use and use count, holdout accuracy, and the "
+                    "upstream inputs of a chained domain. --table-version and --at show a past table.")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--table-version", type=int, default=None, metavar="N",
                         help="show the table as it was right after change N (see `mycelium history DOMAIN`)")
@@ -252,15 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the table as it was at TIME: Unix seconds or ISO 8601 (UTC without an offset)")
     status.set_defaults(handler=cmd_status)
 
-    history = commands.add_parser("history", help="every recorded change of one domain, with table versions")
+    history = commands.add_parser(
+        "history", help="every recorded change of one domain, with table versions",
+        description="Print every recorded change of DOMAIN, oldest first: the table version, the time, what "
+                    "changed and the reason. Pass a table version to `rollback --to` or `status --table-version`.")
     history.add_argument("domain", help="domain name, e.g. tabular/segments")
     history.add_argument("--bundles", action="store_true", help="also list its cold-storage bundle versions")
     history.set_defaults(handler=cmd_history)
 
-    sweep = commands.add_parser("sweep", help="move idle hot domains to cold storage now")
+    sweep = commands.add_parser(
+        "sweep", help="move idle hot domains to cold storage now",
+        description="Run the cold-storage sweep once, as the scheduled flow does: hot domains idle for longer "
+                    "than cold_storage.max_idle_s are quantized into a DVC-versioned bundle, then others by "
+                    "cold_storage.policy until the hot set fits cold_storage.hot_budget_bytes. Pinned domains "
+                    "stay hot. Prints each domain moved and why.")
     sweep.set_defaults(handler=cmd_sweep)
 
-    remember = commands.add_parser("remember", help="restore a cold domain through the validation gate")
+    remember = commands.add_parser(
+        "remember", help="restore a cold domain through the validation gate",
+        description="Restore DOMAIN from cold storage: verify the bundle's sha256, dequantize it, fine-tune it "
+                    "at a low learning rate if the data moved, and serve it only if it passes the "
+                    "validation gate; otherwise it stays cold. Prints the gate's numbers as JSON; the exit code "
+                    "is 1 when the gate failed.")
     remember.add_argument("domain", help="domain name, e.g. tabular/segments")
     remember.add_argument("--version", default=None,
                           help="stored bundle version to restore, e.g. v0001 (default: the newest intact one); "
@@ -321,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "status: show what runs. Process ids, ports and logs are in .prefect/.")
     orchestrate.add_argument("action", choices=["up", "down", "status"])
     orchestrate.add_argument("--port", type=int, default=None,
-                             help="server port (default: orchestration.port; 0 picks a free port)")
+                             help="server port for `up` (default: orchestration.port; 0 picks a free port)")
     orchestrate.set_defaults(handler=cmd_orchestrate)
     return parser
 

@@ -213,6 +213,7 @@ class TestPatchAndRollback:
         assert report["expert_sha256_before"] == report["expert_sha256_after"]
         record = system_of(project).controller.domain(DOMAIN)
         assert (record.version, record.patches) == (2, ["patch-1"])
+        assert report["version"] == 2
 
     def test_rollback_restores_earlier_record(self, project, capsys, mnist_digits, uci_digits):
         self.train_patch(project, capsys, mnist_digits)
@@ -261,6 +262,7 @@ class TestPatchAndRollback:
             (["history", "audio/speech"], r"Unknown domain 'audio/speech'; known domains: \['vision/digits'\]"),
             (["status", "--at", "yesterday"], r"Time 'yesterday' is neither Unix seconds nor ISO 8601"),
             (["status", "--at", "0", "--table-version", "1"], r"Pass --table-version or --at, not both"),
+            (["orchestrate", "down", "--port", "4300"], r"--port applies to `orchestrate up` only"),
         ],
     )
     def test_bad_arguments_are_one_line(self, project, capsys, args, pattern):
@@ -286,6 +288,8 @@ class TestPatchAndRollback:
             (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
             (lambda rows: rows.assign(px_07="ink"), DOMAIN, r"columns \['px_07'\] are not numeric"),
             (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 10 labelled rows"),
+            (lambda rows: rows, DOMAIN, r"got 20 rows, so its held-out part has 4; .* needs \d+ held-out rows\. "
+                                        r"Collect at least \d+ labelled rows"),
             (lambda rows: rows, "audio/speech", r"Unknown domain 'audio/speech'"),
         ],
     )

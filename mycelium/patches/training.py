@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,9 +75,17 @@ def train_patch(
             f"0..{n_classes - 1}, e.g. {invalid.iloc[:3].tolist()} at rows {invalid.index[:3].tolist()}; "
             "fix those labels or train a new expert for the new classes."
         )
+    n_holdout = max(1, int(round(holdout_fraction * len(frame))))
+    needed_holdout = math.ceil(min_tail_samples / target_fpr)
+    if n_holdout < needed_holdout:
+        raise EmptyDataError(
+            f"Patch training for {subgraph.domain!r} got {len(frame)} rows, so its held-out part has "
+            f"{n_holdout}; calibrating the new depth's OOD check at target_fpr={target_fpr} with "
+            f"min_tail_samples={min_tail_samples} needs {needed_holdout} held-out rows. Collect at least "
+            f"{math.ceil(needed_holdout / holdout_fraction)} labelled rows, or raise ood.target_fpr in params.yaml."
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
-    n_holdout = max(1, int(round(holdout_fraction * len(frame))))
     holdout, train = frame.iloc[order[:n_holdout]], frame.iloc[order[n_holdout:]]
     x_train, x_holdout = subgraph.inputs(train), subgraph.inputs(holdout)
     y_train = torch.as_tensor(train["label"].to_numpy(), dtype=torch.long)

@@ -229,9 +229,9 @@ class RoutingTable:
                 f"{FORMAT_VERSION}; upgrade Mycelium to read it."
             )
         domains = data["domains"]
-        # The tag index refers to each domain by the very string object that keys the domain
-        # index, so the record lookup of a route decision compares the key by identity instead
-        # of reading a second copy of the name from memory.
+        # The tag index refers to each domain by the string object that keys the domain index.
+        # A route decision's record lookup then matches the key by identity and skips reading a
+        # second copy of the name from memory.
         names = {name: name for name in domains}
         return cls(
             version=int(data["version"]),

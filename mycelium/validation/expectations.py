@@ -492,13 +492,13 @@ def _describe(
     count = f"{len(rows)} of {len(frame)} rows"
     shown_rows = _format_values(rows[:_MAX_SHOWN_VALUES])
     if kind == "not_null":
-        observed = f"{count} are null (rows {shown_rows})"
+        observed = f"{count} are null (row positions {shown_rows}, counted from 0)"
         fix = f"Fill in {column!r} or remove those rows before sending the batch."
     elif kind == "range":
         bounds = spec["features"][column]
         observed = (
             f"{count} outside [{bounds['min']!r}, {bounds['max']!r}]: "
-            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (rows {shown_rows})"
+            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (row positions {shown_rows}, counted from 0)"
         )
         fix = (
             f"Correct those values of {column!r}, or rebuild the expectations from reference "
@@ -507,7 +507,7 @@ def _describe(
     else:
         observed = (
             f"{count} not in {_format_values(spec['label_values'])}: "
-            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (rows {shown_rows})"
+            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (row positions {shown_rows}, counted from 0)"
         )
         fix = f"Code {column!r} with the domain's known classes, or register the new classes."
     return ValidationFailure(
