@@ -23,7 +23,7 @@ from mycelium.config import load_params  # noqa: E402
 from mycelium.errors import DataValidationError, InputError  # noqa: E402
 from mycelium.orchestration.dashboard import publish_domains, publish_drift  # noqa: E402
 from mycelium.orchestration.events import flush_events  # noqa: E402
-from mycelium.orchestration.runtime import orchestrated_system  # noqa: E402
+from mycelium.orchestration.runtime import describe_ingest_outcome, orchestrated_system  # noqa: E402
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -62,8 +62,7 @@ def ingest_flow(path: str, tag: str | None = None, params_path: str = "params.ya
     logger = get_run_logger()
     outcomes = ingest_file(path, tag, params_path)
     for outcome in outcomes:
-        if outcome.get("actions") or outcome.get("quarantined"):
-            logger.info("%s: %s", outcome["batch"], outcome.get("actions") or f"quarantined in {outcome['quarantined']}")
+        logger.info("%s", describe_ingest_outcome(outcome))
     flush_events()
     return outcomes
 

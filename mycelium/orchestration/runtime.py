@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from mycelium.config import Params
 from mycelium.events import EventLog
@@ -36,3 +37,18 @@ def late_by_s(scheduled: datetime | None, now: datetime) -> float:
     if scheduled is None:
         return 0.0
     return max(0.0, (now - scheduled).total_seconds())
+
+
+def describe_ingest_outcome(outcome: dict[str, Any]) -> str:
+    """Return the log line of one ingested batch: its domain and version, accuracy and actions.
+
+    ``outcome`` is an item of the ingest flow's result; a quarantined batch gives its path and error.
+    """
+    batch = outcome["batch"]
+    if "quarantined" in outcome:
+        return f"{batch}: quarantined in {outcome['quarantined']}: {outcome['error']}"
+    target = (f"{outcome['domain']} v{outcome['version']} ({outcome['state']})" if outcome["domain"]
+              else "no domain accepted it")
+    accuracy = f", accuracy {outcome['accuracy']:.3f}" if outcome["accuracy"] is not None else ""
+    actions = ", ".join(outcome["actions"]) or "none"
+    return f"{batch}: {outcome['rows']} rows -> {target}{accuracy}; actions: {actions}"

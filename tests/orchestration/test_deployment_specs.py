@@ -12,7 +12,7 @@ from mycelium.errors import ConfigError
 from mycelium.orchestration.deployments import EVENT_PARAMETERS, deployment_specs
 from mycelium.orchestration.events import PREFECT_EVENT_NAMES
 from mycelium.orchestration.names import slug
-from mycelium.orchestration.runtime import late_by_s
+from mycelium.orchestration.runtime import describe_ingest_outcome, late_by_s
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The type each request event's payload field has, as the library emits it.
@@ -73,6 +73,23 @@ def test_late_by_counts_only_past_schedule():
     assert late_by_s(now - timedelta(hours=2), now) == 7200
     assert late_by_s(now + timedelta(minutes=1), now) == 0
     assert late_by_s(None, now) == 0
+
+
+@pytest.mark.parametrize(
+    ("outcome", "line"),
+    [
+        ({"batch": "b-rows-0", "domain": "vision/digits", "version": 3, "state": "hot", "rows": 85,
+          "accuracy": 0.9412, "actions": ["drift_event"]},
+         "b-rows-0: 85 rows -> vision/digits v3 (hot), accuracy 0.941; actions: drift_event"),
+        ({"batch": "b-rows-85", "domain": None, "version": None, "state": None, "rows": 85, "accuracy": None,
+          "actions": []},
+         "b-rows-85: 85 rows -> no domain accepted it; actions: none"),
+        ({"batch": "b-rows-170", "quarantined": "runs/quarantine/b-rows-170", "error": "label out of range"},
+         "b-rows-170: quarantined in runs/quarantine/b-rows-170: label out of range"),
+    ],
+)
+def test_ingest_log_line(outcome, line):
+    assert describe_ingest_outcome(outcome) == line
 
 
 def test_unknown_setting_is_rejected(tmp_path):
