@@ -10,9 +10,10 @@ An input that no depth accepts goes to the depth with the lowest OOD ratio (scor
 that depth's threshold).
 
 A row is accepted when its ratio is at most 1. A batch is accepted unless the reference
-rejects every row, or rejects so many rows that in-domain data, rejected at the reference's
-calibrated false-positive rate, would give at least that many with probability at most
-``BATCH_TEST_LEVEL`` (a one-sided binomial test).
+rejects every row, or its rejected rows show a rejection rate above ``REJECTION_RATE_TOLERANCE``
+times the reference's calibrated false-positive rate (a one-sided binomial test at level
+``BATCH_TEST_LEVEL``). The tolerance is there because a reference rejects more of its own
+domain's new rows than of its calibration holdout.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from mycelium.routing.chains import EMBEDDING, LOGITS
 
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "subgraph.json"
-# Significance level of the batch test: a batch leaves a depth whose reference it fits only
-# when its count of rejected rows has at most this probability among in-domain rows. In-domain
-# batches of the continual benchmark's digits_shift (50 rows, target_fpr 0.05) had at most 5
-# rejected rows, and at this level a 50-row batch leaves a depth from 8 rejected rows on.
+# The batch test. In the continual benchmark's digits_shift (target_fpr 0.05, seeds 7 to 17),
+# the expert's reference rejected 3.0 to 10.2% of the UCI test rows and the patch's 2.5 to 7.2%
+# of the MNIST test rows. Testing against the calibrated rate itself sent whole UCI test sets to
+# the patch. With twice that rate, a 50-row batch leaves a depth from 11 rejected rows on.
 BATCH_TEST_LEVEL = 0.01
+REJECTION_RATE_TOLERANCE = 2.0
 
 
 @dataclass
@@ -265,14 +267,15 @@ def _accepts_batch(accepted: np.ndarray, rejection_rates: np.ndarray) -> np.ndar
     """Return, per depth, whether its reference accepts the batch whose per-row acceptance is given.
 
     A depth rejects the batch when it rejects every row, or when at least as many rejected
-    rows as it has would occur with probability at most ``BATCH_TEST_LEVEL`` among in-domain
-    rows, each rejected with the depth's calibrated rate. The first condition decides for a
-    single row, where the binomial test cannot reach that level.
+    rows as it has would occur with probability at most ``BATCH_TEST_LEVEL`` if each row were
+    rejected with ``REJECTION_RATE_TOLERANCE`` times the depth's calibrated rate. The first
+    condition decides for a single row, where the binomial test cannot reach that level.
     """
     n_rows = accepted.shape[0]
     rejected = n_rows - accepted.sum(axis=0)
+    tolerated = np.minimum(1.0, REJECTION_RATE_TOLERANCE * rejection_rates)
     # binom.sf(k - 1, n, p) is P(X >= k) for X ~ Binomial(n, p).
-    tail = binom.sf(rejected - 1, n_rows, rejection_rates)
+    tail = binom.sf(rejected - 1, n_rows, tolerated)
     return (rejected < n_rows) & (tail > BATCH_TEST_LEVEL)
 
 
