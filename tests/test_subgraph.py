@@ -208,7 +208,8 @@ class TestBroadPatchReference:
         batch = pd.concat([gaussian_batch(1.0, 30, seed=17), gaussian_batch(6.0, 20, seed=18)], ignore_index=True)
 
         ratios = broad_patch_subgraph.ood_ratios(broad_patch_subgraph.inputs(batch))
-        # Most rows are still accepted by the expert, but 20 rejections of 50 are far above 5%.
+        # Most rows are still accepted by the expert, but 20 or more rejections of 50 are far above
+        # twice its calibrated rate of 5%.
         assert np.median(ratios[:, 0]) <= 1
         assert broad_patch_subgraph.predict(batch).depth.tolist() == [1] * 50
 
