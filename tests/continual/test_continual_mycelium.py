@@ -78,9 +78,10 @@ class TestPatchOnDigitShift:
 
         assert run.matrix(NO_TAGS).values[1, 0] == pytest.approx(
             np.mean(model.predict(old.test, view=NO_TAGS, part=old) == old.test[LABEL_COLUMN].to_numpy()))
-        # Most old rows go to the bare expert. The gradient-histogram check of image domains sends
-        # 0.70 of them there, the earlier feature and autoencoder check 0.79, and chance is 0.5.
-        assert np.mean(depth == 0) > 0.6
+        # A row that the bare expert's reference accepts stays with the expert, and that reference
+        # is calibrated to accept 95% of in-domain rows (0.95 of these rows were served at depth 0).
+        # Choosing the lowest ratio instead sent 0.70 of them there.
+        assert np.mean(depth == 0) > 0.85
 
     def test_cost_splits_fit_from_references(self, shift_run):
         _, run = shift_run
