@@ -19,7 +19,6 @@ from mycelium.continual.scenarios import Part, Scenario
 from mycelium.data.sources import LABEL_COLUMN
 from mycelium.drift import CombinedOOD, fit_domain_check
 from mycelium.drift.combined_ood import AUTOENCODER, FEATURES, ROW_STATISTICS
-from mycelium.drift.combined_ood import AUTOENCODER
 from mycelium.errors import ConfigError
 from mycelium.experts.fitting import train_expert
 from mycelium.experts.training import predict_logits
