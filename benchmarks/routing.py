@@ -278,6 +278,7 @@ def measure_decisions(root: Path) -> dict[str, Any]:
         rows.append({
             "domains": count,
             "decision_us": statistics.median(samples["explain"][count]) * 1e6,
+            "decision_fastest_us": min(samples["explain"][count]) * 1e6,
             "uncached_us": statistics.median(samples["uncached"][count]) * 1e6,
             "uncached_fastest_us": min(samples["uncached"][count]) * 1e6,
             "first_touch_us": first[count] * 1e6,
@@ -342,6 +343,12 @@ def timed(call: Callable[[], Any], *, repeats: int) -> dict[str, float]:
 # Report ------------------------------------------------------------------------------------
 
 
+def decision_ratio(results: dict[str, Any], key: str) -> float:
+    """Return the decision time ``key`` at the most domains over the time at the fewest."""
+    decisions = {row["domains"]: row[key] for row in results["decisions"]["rows"]}
+    return decisions[max(DOMAIN_COUNTS)] / decisions[min(DOMAIN_COUNTS)]
+
+
 def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     targets = []
     by_size = {row["batch_size"]: row for row in results["throughput"]["rows"]}
@@ -351,11 +358,13 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             value = by_size[size][variant]
             targets.append({"target": f"routed/direct throughput at batch {size} ({label}) >= {minimum}",
                             "value": value, "met": value >= minimum, "margin": value - minimum})
-    for key, label in (("decision_us", "explain, repeated tags"), ("uncached_us", "uncached decide_route")):
-        decisions = {row["domains"]: row[key] for row in results["decisions"]["rows"]}
-        flatness = decisions[max(DOMAIN_COUNTS)] / decisions[min(DOMAIN_COUNTS)]
+    # The fastest round decides, as the timeit documentation advises. The median round also measures
+    # other processes on a shared machine, because they evict the large table from the CPU caches.
+    for key, label in (("decision_fastest_us", "explain, repeated tags"),
+                       ("uncached_fastest_us", "uncached decide_route")):
+        flatness = decision_ratio(results, key)
         targets.append({"target": f"decision time at {max(DOMAIN_COUNTS):,} domains / at {min(DOMAIN_COUNTS)} "
-                                  f"({label}) <= {DECISION_FLATNESS_TARGET}",
+                                  f"({label}, fastest of {DECISION_ROUNDS} rounds) <= {DECISION_FLATNESS_TARGET}",
                         "value": flatness, "met": flatness <= DECISION_FLATNESS_TARGET,
                         "margin": DECISION_FLATNESS_TARGET - flatness})
     table = results["table"]["shared_schemas"]
@@ -430,16 +439,22 @@ def render(results: dict[str, Any]) -> str:
         "fallback walk, the record lookup. *first touch* is the first round of `explain` after a reload, which "
         "also parses each record on first access and pays for the garbage collections that the freshly loaded "
         "table triggers (see *full gc* below); median of 3. *explain* and *uncached* are medians of "
-        f"{DECISION_ROUNDS} rounds that alternate between the table sizes; the fastest *uncached* round is "
+        f"{DECISION_ROUNDS} rounds that alternate between the table sizes, and the targets take the fastest round, "
         "the one least disturbed by other processes. Every domain name has the same length at each table size.",
         "",
-        "| domains | explain µs per decision | uncached µs per decision | uncached, fastest round | "
-        "first touch µs per decision |",
-        "|---|---|---|---|---|",
+        "| domains | explain µs per decision | explain, fastest round | uncached µs per decision | "
+        "uncached, fastest round | first touch µs per decision |",
+        "|---|---|---|---|---|---|",
     ]
     for row in results["decisions"]["rows"]:
-        lines.append(f"| {row['domains']:,} | {row['decision_us']:.2f} | {row['uncached_us']:.2f} | "
-                     f"{row['uncached_fastest_us']:.2f} | {row['first_touch_us']:.2f} |")
+        lines.append(f"| {row['domains']:,} | {row['decision_us']:.2f} | {row['decision_fastest_us']:.2f} | "
+                     f"{row['uncached_us']:.2f} | {row['uncached_fastest_us']:.2f} | {row['first_touch_us']:.2f} |")
+    lines += [
+        "",
+        f"Median-round ratios of {max(DOMAIN_COUNTS):,} to {min(DOMAIN_COUNTS)} domains: explain "
+        f"{decision_ratio(results, 'decision_us'):.3f}, uncached {decision_ratio(results, 'uncached_us'):.3f}. "
+        "They change from run to run with the load of other processes (see the load averages above).",
+    ]
 
     table = results["table"]
     lines += [
@@ -491,7 +506,7 @@ def _fix_for(target: str) -> str:
                 "each decision reads a different part of the indexes and a different record. Records already "
                 "keep their fields in the object and the tag index shares the domain index's key strings. "
                 "Repeated tags avoid the misses through the decision cache, and a machine shared with other "
-                "processes shows more of them, so compare the fastest round.")
+                "processes shows more of them.")
     return ("Loading and saving are one orjson parse or dump of the file. Storing each record as a JSON array "
             "instead of an object would cut about a third of the parse time, and a table split into shards "
             "would make each write smaller.")
