@@ -338,9 +338,9 @@ def fit_domain_check(
     components
         Names from `CHECK_COMPONENTS`. Of the checks that benchmarks/detection.py measures, the
         default, `IMAGE_CHECK`, has the highest per-row AUROC between Split MNIST tasks (mean
-        0.987, worst pair 0.971) and keeps UCI digits against MNIST at 0.971. The deskewed
+        0.987, worst pair 0.971) and keeps UCI digits against MNIST at 0.957. The deskewed
         score alone separates the Split MNIST tasks as well (0.989, worst pair 0.974) but UCI
-        digits from MNIST at 0.916 only, because the slant is part of what distinguishes those
+        digits from MNIST at 0.880 only, because the slant is part of what distinguishes those
         two domains.
 
     Raises
