@@ -333,14 +333,15 @@ def fit_domain_check(
     image_shape
         (channels, height, width) of the inputs, needed by the gradient components.
     train_labels
-        Class of each training row. The gradient components fit one subspace per class, or
-        one for all rows when None.
+        Class of each training row. The gradient components fit one model per class, or one
+        for all rows when None.
     components
         Names from `CHECK_COMPONENTS`. Of the checks that benchmarks/detection.py measures, the
         default, `IMAGE_CHECK`, has the highest per-row AUROC between Split MNIST tasks (mean
-        0.979, worst pair 0.940) and keeps UCI digits against MNIST at 0.957. The deskewed
-        score alone separates the Split MNIST tasks as well (0.980) but UCI digits from MNIST
-        at 0.880 only, because the slant is part of what distinguishes those two domains.
+        0.987, worst pair 0.971) and keeps UCI digits against MNIST at 0.957. The deskewed
+        score alone separates the Split MNIST tasks as well (0.989, worst pair 0.974) but UCI
+        digits from MNIST at 0.880 only, because the slant is part of what distinguishes those
+        two domains.
 
     Raises
     ------
