@@ -518,7 +518,7 @@ METHOD = [
     "all training rows seen so far. With tags on Split MNIST the baselines predict among the task's two classes.",
     "Training time is the time of learning one part, as process CPU time (the targets use it, because other "
     "jobs on the shared machine stretch wall time unevenly) and as wall time. For Mycelium it includes the data expectations and the OOD "
-    "reference of the new part (for the CNN expert and its patch a domain check with an autoencoder); "
+    "reference of the new part (for the CNN expert and its patch a domain check on histograms of gradient orientations); "
     "'gradient steps' is the patch's or expert's fit alone. Untagged Split MNIST adds each task's domain check "
     "(autoencoder, row statistics, features) that routing reads. Replay on Split MNIST trains each part for "
     "Mycelium's untagged CPU time of that part instead of a fixed number of epochs.",
