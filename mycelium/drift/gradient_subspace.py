@@ -4,8 +4,8 @@ Reconstruction errors and Mahalanobis distances on pixels favour simple images: 
 lies close to many digit models in pixel space, so a model of 2s and 3s scores many 1s as its
 own. Histograms of oriented gradients (HOG) describe the strokes instead of the ink. Each class
 of the domain gets its own principal subspace of those histograms, as in SIMCA. A row's score
-is its distance to the nearest class subspace or, for larger images, its Mahalanobis distance
-to the nearest class under a shrunken covariance, with entries for gradient magnitude and holes.
+is its Mahalanobis distance to the nearest class under a shrunken covariance, with entries for
+gradient magnitude and holes, or its distance to the nearest class subspace.
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ _BLOCK_EPSILON = 1e-6
 _ENERGY_EPSILON = 1e-6
 SUBSPACE = "subspace"
 MAHALANOBIS = "mahalanobis"
-# Images with a shorter side get the "subspace" distance by default. On 8x8 digits the
-# "mahalanobis" distance rated old digits alike under a domain's check and its patch's check,
-# so the end-to-end pipeline served old batches with the patch (accuracy on them fell by 0.05).
-_MIN_MAHALANOBIS_SIDE = 16
 # A pixel is ink when it is above this fraction of the image's brightest pixel, counted from the
 # background. Holes are the regions of non-ink pixels that do not touch the border.
 _INK_LEVEL = 0.4
@@ -90,8 +86,7 @@ class GradientSubspaceOOD:
         "subspace". A class with fewer training rows keeps one direction less than its row
         count.
     distance
-        "subspace" or "mahalanobis". None picks "mahalanobis" when both sides of the image
-        have at least 16 pixels and "subspace" otherwise.
+        "mahalanobis" (the default) or "subspace".
     shrinkage
         Weight of the mean variance in the shrunken covariance of "mahalanobis", in (0, 1].
     deskew
@@ -123,7 +118,7 @@ class GradientSubspaceOOD:
         cells: int = 4,
         bins: int = 9,
         n_components: int | None = None,
-        distance: str | None = None,
+        distance: str = MAHALANOBIS,
         shrinkage: float = 0.5,
         deskew: bool = False,
         min_tail_samples: int = 10,
@@ -136,10 +131,8 @@ class GradientSubspaceOOD:
                 f"image_shape {shape} has {shape[0]} channels, but the gradient histograms support one; "
                 "convert the images to grey levels or leave this score out."
             )
-        if distance is None:
-            distance = MAHALANOBIS if min(shape[1:]) >= _MIN_MAHALANOBIS_SIDE else SUBSPACE
         if distance not in (SUBSPACE, MAHALANOBIS):
-            raise ConfigError(f"distance must be {SUBSPACE!r}, {MAHALANOBIS!r} or None, got {distance!r}.")
+            raise ConfigError(f"distance must be {MAHALANOBIS!r} or {SUBSPACE!r}, got {distance!r}.")
         if n_components is None:
             n_components = 50 if distance == MAHALANOBIS else 20
         for name, value, minimum in [("cells", cells, 2), ("bins", bins, 2), ("n_components", n_components, 1),

@@ -60,10 +60,12 @@ class TestScores:
         assert vertical.width == 9 * 4 * 3 * 3 + 4
         assert vertical.descriptors(np.zeros((2, 144))).shape == (2, vertical.width)
 
-    def test_default_distance_depends_on_image_side(self):
+    def test_default_distance_is_mahalanobis(self):
         small, large = GradientSubspaceOOD((1, 8, 8)), GradientSubspaceOOD((1, 28, 28))
-        assert (small.distance, small.n_components, small.width) == ("subspace", 20, 324)
+        subspace = GradientSubspaceOOD((1, 8, 8), distance="subspace")
+        assert (small.distance, small.n_components, small.width) == ("mahalanobis", 50, 328)
         assert (large.distance, large.n_components, large.width) == ("mahalanobis", 50, 328)
+        assert (subspace.distance, subspace.n_components, subspace.width) == ("subspace", 20, 324)
 
     def test_blank_image_has_lowest_log_magnitude(self, vertical):
         rows = np.vstack([np.zeros((1, 144)), bars(np.random.default_rng(10), 5, vertical=True)])
@@ -197,7 +199,7 @@ class TestState:
     def test_state_without_distance_loads_as_subspace(self):
         # States saved before the Mahalanobis distance existed have no "distance" or "shrinkage".
         rng = np.random.default_rng(12)
-        ood = GradientSubspaceOOD(SHAPE, n_components=3).fit(
+        ood = GradientSubspaceOOD(SHAPE, n_components=3, distance="subspace").fit(
             bars(rng, 100, vertical=True), bars(rng, 200, vertical=True), target_fpr=TARGET_FPR
         )
         metadata = {key: value for key, value in ood.metadata().items() if key not in ("distance", "shrinkage")}
