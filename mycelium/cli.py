@@ -114,7 +114,7 @@ def cmd_route(args: argparse.Namespace) -> int:
             f"(--tag applies one tag to every row)."
         )
     output = args.output or args.file.with_name(f"{args.file.stem}.predictions{args.file.suffix}")
-    _check_suffix(output, "output file")
+    _check_output(output, args.file)
     system = _system(args)
     parts = []
     with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
@@ -173,8 +173,11 @@ def cmd_train_patch(args: argparse.Namespace) -> int:
     from mycelium.experts.fitting import LABEL
 
     from mycelium.routing.batch import chain_inputs
+    from mycelium.validation.expectations import require_valid
 
     frame = _read_frame(args.data)
+    if frame.empty:
+        raise EmptyDataError(f"{args.data} has no rows; train-patch needs labelled rows of {args.domain!r}.")
     system = _system(args)
     record = system.controller.domain(args.domain)
     chained = args.domain in system.controller.table.upstream
@@ -193,11 +196,11 @@ def cmd_train_patch(args: argparse.Namespace) -> int:
             f"{args.data} has {unlabelled} rows without a {LABEL!r} value; train-patch needs labelled rows. "
             f"Add the true class of every row in a {LABEL!r} column."
         )
-    features = frame[record.columns]
-    non_numeric = [c for c in record.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric or features.isna().to_numpy().any():
-        problem = f"columns {non_numeric[:5]} are not numeric" if non_numeric else "some feature values are missing"
-        raise InputError(f"{args.data} cannot train a patch: {problem}. Fix or drop those rows and run it again.")
+    if not chained:
+        # Patch data must meet the expectations that served batches meet, and a file that fails is quarantined.
+        spec = system.subgraph(args.domain).info["expectations"]
+        require_valid(frame[[*record.columns, LABEL]], spec, name=f"{args.domain}:{args.data.stem}",
+                      quarantine_dir=system.params.paths.quarantine)
     report = system.train_patch(args.domain, data=frame)
     version = system.controller.domain(args.domain).version
     print(json.dumps({**asdict(report), "version": version}, indent=1))
@@ -349,10 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """Raise InputError before any work if ``output`` cannot take the predictions of ``source``."""
+    _check_suffix(output, "output file")
+    if output.exists() and output.resolve() == source.resolve():
+        raise InputError(f"The output file {output} is the input file; pass another path with -o, so the input is kept.")
+    if output.is_dir():
+        raise InputError(f"The output file {output} is a folder; pass a file path such as {output / 'predictions.parquet'}.")
 
 
 def _check_suffix(path: Path, role: str) -> None:
@@ -428,8 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Great Expectations sets INFO on its own loggers; keep them at the command's level.
+    # Great Expectations sets INFO on its own loggers, some only when first used, so the handler
+    # drops their records below the command's level.
     logging.getLogger("great_expectations").setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: record.levelno >= level or not record.name.startswith("great_expectations"))
     try:
         return args.handler(args)
     except MyceliumError as exc:

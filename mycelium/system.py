@@ -192,7 +192,8 @@ class Mycelium:
             self._hot_dirs[domain] = record.model_dir
             return self._hot[domain]
         if record.state != State.HOT.value or record.model_dir is None:
-            raise RoutingError(f"Domain {domain!r} is {record.state}, not hot; call remember({domain!r}) first.")
+            raise RoutingError(f"Domain {domain!r} is {record.state}, not hot; restore it first with "
+                               f"`mycelium remember {domain}` (in Python: Mycelium.remember({domain!r})).")
         self._hot[domain] = load_subgraph(self.root / record.model_dir)
         self._hot_dirs[domain] = record.model_dir
         return self._hot[domain]

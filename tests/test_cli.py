@@ -153,15 +153,30 @@ class TestRoute:
             (lambda d, rows: _csv(d, rows), ["--tag", "vision//digits"], r"Invalid tag 'vision//digits'"),
             (lambda d, rows: _csv(d, rows), ["--tag", "vision/digits", "-o", "out.json"],
              r"output file out\.json has suffix '\.json'"),
+            (lambda d, rows: _csv(d, rows), ["--tag", "vision/digits", "-o", "{project}/rows.csv"],
+             r"output file .*rows\.csv is the input file; pass another path with -o"),
+            (lambda d, rows: _csv(d, rows), ["--tag", "vision/digits", "-o", "{project}"],
+             r"output file .* has suffix ''"),
         ],
     )
     def test_bad_input_is_one_line(self, project, capsys, uci_digits, make_file, extra, pattern):
         path = make_file(project, uci_digits.test.iloc[:5])
+        before = path.read_bytes() if path.exists() else None
+        extra = [argument.format(project=project) for argument in extra]
 
         code, out, err = run(project, capsys, "route", str(path), "--no-progress", *extra)
 
         assert_one_line_error(code, err, pattern)
         assert out == ""
+        assert (path.read_bytes() if path.exists() else None) == before
+
+    def test_output_folder_is_rejected(self, project, capsys, uci_digits):
+        path = _csv(project, uci_digits.test.iloc[:5])
+        (project / "out.csv").mkdir()
+
+        code, _, err = run(project, capsys, "route", str(path), "--tag", "vision/digits", "-o", str(project / "out.csv"))
+
+        assert_one_line_error(code, err, r"output file .*out\.csv is a folder; pass a file path")
 
     def test_invalid_values_are_quarantined(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:5].copy()
@@ -187,6 +202,13 @@ class TestRoute:
 
         assert exited.value.code == 2
         assert "must be at least 1, got 0" in capsys.readouterr().err
+
+    def test_batch_size_must_be_number(self, project, capsys):
+        with pytest.raises(SystemExit) as exited:
+            run(project, capsys, "route", "rows.csv", "--batch-size", "abc")
+
+        assert exited.value.code == 2
+        assert "--batch-size: must be a whole number, got 'abc'" in capsys.readouterr().err
 
 
 def _write(path: Path, text: str) -> Path:
@@ -286,7 +308,7 @@ class TestPatchAndRollback:
             (lambda rows: rows.assign(label=np.where(np.arange(20) < 3, np.nan, rows["label"])), DOMAIN,
              r"has 3 rows without a 'label' value"),
             (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
-            (lambda rows: rows.assign(px_07="ink"), DOMAIN, r"columns \['px_07'\] are not numeric"),
+            (lambda rows: rows.iloc[:0], DOMAIN, r"has no rows; train-patch needs labelled rows"),
             (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 10 labelled rows"),
             (lambda rows: rows, DOMAIN, r"got 20 rows, so its held-out part has 4; .* needs \d+ held-out rows\. "
                                         r"Collect at least \d+ labelled rows"),
@@ -299,6 +321,19 @@ class TestPatchAndRollback:
         code, _, err = run(project, capsys, "train-patch", domain, str(project / "mnist.csv"))
 
         assert_one_line_error(code, err, pattern)
+        assert system_of(project).controller.domain(DOMAIN).version == 1
+
+    def test_train_patch_quarantines_invalid_rows(self, project, capsys, mnist_digits):
+        rows = mnist_digits.train.iloc[:400].copy()
+        rows.loc[rows.index[7], "px_20"] = 500.0
+        rows.to_csv(project / "noisy.csv", index=False)
+
+        code, out, err = run(project, capsys, "train-patch", DOMAIN, str(project / "noisy.csv"))
+
+        assert code == 2
+        assert out == ""
+        assert "column 'px_20'" in err
+        assert "quarantined in" in err.splitlines()[-1]
         assert system_of(project).controller.domain(DOMAIN).version == 1
 
     def test_train_patch_missing_file(self, project, capsys):

@@ -372,7 +372,7 @@ def validate_frame(df: pd.DataFrame, spec: dict[str, Any], *, name: str) -> Vali
     the offending values and row positions.
 
     Args:
-        df: the batch. Its index is ignored: rows are reported by 0-based position.
+        df: the batch. Failures list bad rows by 0-based position, and messages show their index labels.
         spec: a spec from ``build_expectations``.
         name: the batch's name, used in messages and quarantine folders.
 
@@ -409,7 +409,7 @@ def validate_frame(df: pd.DataFrame, spec: dict[str, Any], *, name: str) -> Vali
         )
         details = batch.validate(failed_suite, result_format="COMPLETE").results
 
-    failures = _describe_failures(details, frame, spec)
+    failures = _describe_failures(details, frame, spec, df.index)
     bad_rows = sorted({row for failure in failures for row in failure.row_indices})
     return ValidationReport(
         success=False,
@@ -438,7 +438,7 @@ def _exception_message(result: ExpectationValidationResult) -> str | None:
 
 
 def _describe_failures(
-    results: list[ExpectationValidationResult], frame: pd.DataFrame, spec: dict[str, Any]
+    results: list[ExpectationValidationResult], frame: pd.DataFrame, spec: dict[str, Any], index: pd.Index
 ) -> list[ValidationFailure]:
     column_counts = frame.columns.value_counts()
     failures = []
@@ -446,7 +446,7 @@ def _describe_failures(
         kind, column = _check_key(result)
         if column is not None and column_counts.get(column, 0) != 1:
             continue  # The column-list failure already names a missing or duplicated column.
-        failures.append(_describe(kind, column, result, frame, spec))
+        failures.append(_describe(kind, column, result, frame, spec, index))
     return failures
 
 
@@ -456,6 +456,7 @@ def _describe(
     result: ExpectationValidationResult,
     frame: pd.DataFrame,
     spec: dict[str, Any],
+    index: pd.Index,
 ) -> ValidationFailure:
     expectation = result.expectation_config.type
     error = _exception_message(result)
@@ -490,15 +491,16 @@ def _describe(
     rows = _unexpected_rows(kind, column, result, frame, spec)
     values = frame[column].iloc[list(rows)]
     count = f"{len(rows)} of {len(frame)} rows"
-    shown_rows = _format_values(rows[:_MAX_SHOWN_VALUES])
+    # The caller's index labels, which for `mycelium route` are the rows' 0-based numbers in the file.
+    shown_rows = _format_values(list(index[list(rows[:_MAX_SHOWN_VALUES])]))
     if kind == "not_null":
-        observed = f"{count} are null (row positions {shown_rows}, counted from 0)"
+        observed = f"{count} are null (rows with index {shown_rows})"
         fix = f"Fill in {column!r} or remove those rows before sending the batch."
     elif kind == "range":
         bounds = spec["features"][column]
         observed = (
             f"{count} outside [{bounds['min']!r}, {bounds['max']!r}]: "
-            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (row positions {shown_rows}, counted from 0)"
+            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (rows with index {shown_rows})"
         )
         fix = (
             f"Correct those values of {column!r}, or rebuild the expectations from reference "
@@ -507,7 +509,7 @@ def _describe(
     else:
         observed = (
             f"{count} not in {_format_values(spec['label_values'])}: "
-            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (row positions {shown_rows}, counted from 0)"
+            f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (rows with index {shown_rows})"
         )
         fix = f"Code {column!r} with the domain's known classes, or register the new classes."
     return ValidationFailure(

@@ -131,7 +131,7 @@ class TestChainedIngest:
 
         message = str(info.value)
         assert "column 'b.px_05'" in message
-        assert "(row positions 3, counted from 0)" in message
+        assert "(rows with index 3)" in message
         assert f"({BATCH_ROWS} rows)" in message
         assert "'px_05'" not in message
         kept = pd.read_parquet(Path(info.value.quarantine_path) / "batch.parquet")

@@ -205,7 +205,7 @@ class TestValidateFrame:
         with pytest.raises(EmptyDataError, match="'nothing'"):
             validate_frame(digits.iloc[:0], digits_spec, name="nothing")
 
-    def test_rows_reported_by_position(self, clean_penguins, penguins_spec):
+    def test_rows_by_position_and_label(self, clean_penguins, penguins_spec):
         batch = clean_penguins.copy()
         batch.index = batch.index + 1000
         batch.iloc[2, 0] = -5.0
@@ -213,6 +213,7 @@ class TestValidateFrame:
         report = validate_frame(batch, penguins_spec, name="shifted")
 
         assert report.bad_row_indices == [2]
+        assert "(rows with index 1002)" in report.message()
 
     def test_malformed_spec_rejected(self, clean_penguins):
         with pytest.raises(ConfigError, match="build_expectations"):
