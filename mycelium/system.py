@@ -960,9 +960,11 @@ class Mycelium:
         stored = self.store.version_names(domain)
         if version is not None:
             if version not in stored:
+                fix = (f"Pass one of them, e.g. `mycelium remember {domain} --version {stored[-1]}`." if stored
+                       else "A domain gets its first bundle when a sweep freezes it.")
                 raise StorageError(
                     f"Domain {domain!r} has no stored bundle version {version!r}; stored versions: "
-                    f"{stored or 'none'}. Pass one of them, e.g. `mycelium remember {domain} --version {(stored or ['v0001'])[-1]}`."
+                    f"{stored or 'none'}. {fix}"
                 )
             return [version]
         newest_first = stored[::-1]

@@ -280,7 +280,8 @@ class TestPatchAndRollback:
         ("args", "pattern"),
         [
             (["rollback", DOMAIN, "--to", "99"], r"Table version 99 does not exist; recorded versions are 0 to 2"),
-            (["rollback", "audio/speech", "--to", "2"], r"'audio/speech' did not exist at table version 2"),
+            (["rollback", "audio/speech", "--to", "2"],
+             r"Unknown domain 'audio/speech': it is in no version of the routing table; known domains: \['vision/digits'\]"),
             (["history", "audio/speech"], r"Unknown domain 'audio/speech'; known domains: \['vision/digits'\]"),
             (["status", "--at", "yesterday"], r"Time 'yesterday' is neither Unix seconds nor ISO 8601"),
             (["status", "--at", "0", "--table-version", "1"], r"Pass --table-version or --at, not both"),

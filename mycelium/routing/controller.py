@@ -319,6 +319,11 @@ class MetaController:
             past = replay(entries, until_version=version)
             if domain is None:
                 names = _domains_changed_after(entries, version)
+            elif domain not in past.domains and domain not in table.domains and not entries_of_domain(entries, domain):
+                raise RoutingError(
+                    f"Unknown domain {domain!r}: it is in no version of the routing table; known domains: "
+                    f"{preview(table.domains)}."
+                )
             elif domain not in past.domains:
                 raise RoutingError(
                     f"Domain {domain!r} did not exist at table version {version}; choose a version at or "

@@ -272,6 +272,13 @@ def test_unknown_version_is_rejected_before_any_change(system):
     assert state(system) == State.COLD.value
 
 
+def test_version_of_unfrozen_domain_says_none_exist(system):
+    with pytest.raises(StorageError, match=r"stored versions: none\. A domain gets its first bundle when a sweep"):
+        system.remember(DOMAIN, version="v0001")
+
+    assert state(system) == State.HOT.value
+
+
 def test_corrupted_newest_bundle_falls_back_to_previous(system):
     system.freeze(DOMAIN, reason="test freeze")
     system.remember(DOMAIN)
