@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -222,6 +223,8 @@ def _stack(args: argparse.Namespace):
 
 
 def cmd_orchestrate(args: argparse.Namespace) -> int:
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port; pass 1 to 65535, or 0 to pick a free port.")
     if args.port is not None and args.action != "up":
         raise InputError(
             f"--port applies to `orchestrate up` only; `{args.action}` uses the port recorded by `up` in "
@@ -364,10 +367,15 @@ def _positive_int(text: str) -> int:
 def _check_output(output: Path, source: Path) -> None:
     """Raise InputError before any work if ``output`` cannot take the predictions of ``source``."""
     _check_suffix(output, "output file")
-    if output.exists() and output.resolve() == source.resolve():
+    # samefile compares device and inode, so a hard link or symlink to the input is caught too.
+    if output.exists() and os.path.samefile(output, source):
         raise InputError(f"The output file {output} is the input file; pass another path with -o, so the input is kept.")
     if output.is_dir():
         raise InputError(f"The output file {output} is a folder; pass a file path such as {output / 'predictions.parquet'}.")
+    blocking = next((parent for parent in output.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise InputError(f"The output file {output} cannot be created because {blocking} is a file; pass a path "
+                         "inside a folder.")
 
 
 def _check_suffix(path: Path, role: str) -> None:
@@ -386,7 +394,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"Cannot read {path}: {first_line}. Check that it is a valid {path.suffix} file.") from exc
+        raise InputError(f"Cannot read {path}: {first_line.rstrip('.')}. Check that it is a valid {path.suffix} file.") from exc
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -170,6 +171,24 @@ class TestRoute:
         assert out == ""
         assert (path.read_bytes() if path.exists() else None) == before
 
+    def test_hard_link_to_input_is_rejected(self, project, capsys, uci_digits):
+        path = _csv(project, uci_digits.test.iloc[:5])
+        before = path.read_bytes()
+        os.link(path, project / "linked.csv")
+
+        code, _, err = run(project, capsys, "route", str(path), "--tag", "vision/digits", "-o", str(project / "linked.csv"))
+
+        assert_one_line_error(code, err, r"output file .*linked\.csv is the input file")
+        assert path.read_bytes() == before
+
+    def test_output_under_a_file_is_rejected(self, project, capsys, uci_digits):
+        path = _csv(project, uci_digits.test.iloc[:5])
+
+        code, _, err = run(project, capsys, "route", str(path), "--tag", "vision/digits", "-o", str(path / "out.csv"))
+
+        assert_one_line_error(code, err, r"cannot be created because .*rows\.csv is a file")
+        assert system_of(project).controller.domain(DOMAIN).locality.uses == 0
+
     def test_output_folder_is_rejected(self, project, capsys, uci_digits):
         path = _csv(project, uci_digits.test.iloc[:5])
         (project / "out.csv").mkdir()
@@ -286,6 +305,7 @@ class TestPatchAndRollback:
             (["status", "--at", "yesterday"], r"Time 'yesterday' is neither Unix seconds nor ISO 8601"),
             (["status", "--at", "0", "--table-version", "1"], r"Pass --table-version or --at, not both"),
             (["orchestrate", "down", "--port", "4300"], r"--port applies to `orchestrate up` only"),
+            (["orchestrate", "up", "--port", "70000"], r"--port 70000 is not a TCP port; pass 1 to 65535"),
         ],
     )
     def test_bad_arguments_are_one_line(self, project, capsys, args, pattern):
