@@ -121,8 +121,15 @@ def cmd_route(args: argparse.Namespace) -> int:
     with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
         for start in range(0, len(frame), args.batch_size):
             chunk = frame.iloc[start : start + args.batch_size]
-            routed = route_batch(system, chunk, args.tag, tag_column=args.tag_column, validate=not args.no_validate,
-                                 name=f"{args.file.stem}-rows-{start}-{start + len(chunk) - 1}")
+            try:
+                routed = route_batch(system, chunk, args.tag, tag_column=args.tag_column,
+                                     validate=not args.no_validate,
+                                     name=f"{args.file.stem}-rows-{start}-{start + len(chunk) - 1}")
+            except MyceliumError as exc:
+                if start > 0:
+                    exc.add_note(f"Rows 0 to {start - 1} were routed, but no predictions were written to {output}; "
+                                 f"fix the rows above in {args.file} and run route again.")
+                raise
             parts.append(routed.to_frame(index=chunk.index))
             bar.update(len(chunk))
     system.controller.flush_locality()
@@ -386,6 +393,8 @@ def _check_suffix(path: Path, role: str) -> None:
 def _read_frame(path: Path) -> pd.DataFrame:
     """Read a CSV or Parquet file, raising InputError with the fix when it cannot be read."""
     _check_suffix(path, "data file")
+    if path.is_dir():
+        raise InputError(f"Data file {path} is a folder; pass a CSV or Parquet file.")
     if not path.is_file():
         raise InputError(f"Data file {path} not found; check the path (relative paths start at {Path.cwd()}).")
     try:
@@ -460,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except MyceliumError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):
+            print(note, file=sys.stderr)
         return 2
 
 

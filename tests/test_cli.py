@@ -210,6 +210,26 @@ class TestRoute:
         assert "quarantined in" in err.splitlines()[-1]
         assert not (project / "batch.predictions.csv").exists()
 
+    def test_failure_after_routed_batches_says_nothing_written(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[25], "px_20"] = 99.0
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits",
+                           "--batch-size", "10", "--no-progress")
+
+        assert code == 2
+        assert "(rows with index 25)" in err
+        assert err.splitlines()[-1].startswith("Rows 0 to 19 were routed, but no predictions were written to ")
+        assert not (project / "batch.predictions.csv").exists()
+
+    def test_folder_as_input_is_rejected(self, project, capsys):
+        (project / "inputs.csv").mkdir()
+
+        code, _, err = run(project, capsys, "route", str(project / "inputs.csv"), "--tag", "vision/digits")
+
+        assert_one_line_error(code, err, r"Data file .*inputs\.csv is a folder; pass a CSV or Parquet file")
+
     def test_missing_settings_file(self, tmp_path, capsys):
         code = main(["--params", str(tmp_path / "nope.yaml"), "status"])
 
