@@ -456,15 +456,23 @@ def _describe_change(change: dict[str, Any]) -> str:
     return line
 
 
+def _quiet_great_expectations(record: logging.LogRecord) -> bool:
+    """Return False for a Great Expectations record below WARNING, so the handler drops it."""
+    return record.levelno >= logging.WARNING or not record.name.startswith("great_expectations")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Great Expectations sets INFO on its own loggers, some only when first used, so the handler
-    # drops their records below the command's level.
+    # Great Expectations sets INFO on its own loggers, some only when first used, so without -v the
+    # handlers drop its records below WARNING.
     logging.getLogger("great_expectations").setLevel(level)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(lambda record: record.levelno >= level or not record.name.startswith("great_expectations"))
+        if args.verbose:
+            handler.removeFilter(_quiet_great_expectations)
+        else:
+            handler.addFilter(_quiet_great_expectations)
     try:
         return args.handler(args)
     except MyceliumError as exc:
