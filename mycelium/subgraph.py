@@ -44,7 +44,7 @@ from mycelium.routing.chains import EMBEDDING, LOGITS
 
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTION_FILE = "subgraph.json"
-# The batch test. In the continual benchmark's digits_shift (target_fpr 0.05, seeds 7 to 17),
+# The batch test. In the continual benchmark's digits_shift (target_fpr 0.05, eleven seeds),
 # the expert's reference rejected 3.0 to 10.2% of the UCI test rows and the patch's 2.5 to 7.2%
 # of the MNIST test rows. Testing against the calibrated rate itself sent whole UCI test sets to
 # the patch. With twice that rate, a 50-row batch leaves a depth from 11 rejected rows on.

@@ -215,13 +215,13 @@ class GradientSubspaceOOD:
                 _, singular, directions = torch.linalg.svd(rows - mean, full_matrices=False)
                 variance = singular**2 / max(rows.shape[0] - 1, 1)
                 basis = torch.zeros(self.n_components, width, dtype=torch.float64)
-                kept = torch.zeros(self.n_components, dtype=torch.float64)
+                kept_variance = torch.zeros(self.n_components, dtype=torch.float64)
                 n_kept = min(self.n_components, rows.shape[0] - 1)
                 basis[:n_kept] = directions[:n_kept]
-                kept[:n_kept] = variance[:n_kept]
+                kept_variance[:n_kept] = variance[:n_kept]
                 means.append(mean)
                 bases.append(basis)
-                eigenvalues.append(kept)
+                eigenvalues.append(kept_variance)
                 mean_variances.append(float(variance.sum()) / width)
         # A class of one row has no variance of its own: it takes the mean over the other
         # classes, or 1 when no class varies, which makes its score the squared distance.

@@ -142,7 +142,7 @@ class TestScores:
         assert ood.n_classes == 2
         assert ood.accepts(bars(rng, 100, vertical=False)).mean() > 0.9
 
-    def test_class_of_one_row_scores_zero_at_that_row(self):
+    def test_single_row_class_scores_zero(self):
         rng = np.random.default_rng(5)
         train = bars(rng, 3, vertical=True)
         ood = GradientSubspaceOOD(SHAPE, n_components=3).fit(
