@@ -210,6 +210,19 @@ class TestRoute:
         assert "quarantined in" in err.splitlines()[-1]
         assert not (project / "batch.predictions.csv").exists()
 
+    def test_text_value_named_with_row(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].astype({"px_20": object})
+        rows.loc[rows.index[25], "px_20"] = "abc"
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--no-progress")
+
+        column_lines = [line for line in err.splitlines() if "column 'px_20'" in line]
+        assert code == 2
+        assert len(column_lines) == 1, err
+        assert "1 of 30 rows are not numbers: 'abc' (rows with index 25)" in column_lines[0]
+        assert "Fix: Replace those values of 'px_20' with numbers" in column_lines[0]
+
     def test_failure_after_routed_batches_says_nothing_written(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].copy()
         rows.loc[rows.index[25], "px_20"] = 99.0

@@ -441,11 +441,16 @@ def _describe_failures(
     results: list[ExpectationValidationResult], frame: pd.DataFrame, spec: dict[str, Any], index: pd.Index
 ) -> list[ValidationFailure]:
     column_counts = frame.columns.value_counts()
+    # A column that is not numeric also fails its range check, which cannot compare text with
+    # the bounds. The type failure names the values, so the range failure is left out.
+    not_numeric = {column for kind, column in map(_check_key, results) if kind == "numeric_type"}
     failures = []
     for result in results:
         kind, column = _check_key(result)
         if column is not None and column_counts.get(column, 0) != 1:
             continue  # The column-list failure already names a missing or duplicated column.
+        if kind == "range" and column in not_numeric:
+            continue
         failures.append(_describe(kind, column, result, frame, spec, index))
     return failures
 
@@ -478,13 +483,14 @@ def _describe(
             observed=f"{len(frame)} rows, expected at least {spec['min_row_count']}",
             fix=f"Send batches of at least {spec['min_row_count']} rows.",
         )
-    if kind == "numeric_type" or error is not None:
+    if kind == "numeric_type":
+        return _describe_not_numeric(column, expectation, frame, index)
+    if error is not None:
         return ValidationFailure(
             column=column,
             expectation=expectation,
-            observed=f"dtype {frame[column].dtype}"
-            + (f", check raised: {error}" if error else "")
-            + f"; first values {_format_values(frame[column].head(_MAX_SHOWN_VALUES))}",
+            observed=f"dtype {frame[column].dtype}, check raised: {error}; "
+            f"first values {_format_values(frame[column].head(_MAX_SHOWN_VALUES))}",
             fix=f"Convert {column!r} to numbers, for example with pd.to_numeric(df[{column!r}]).",
         )
 
@@ -519,6 +525,40 @@ def _describe(
         fix=fix,
         row_level=True,
         row_indices=rows,
+    )
+
+
+def _describe_not_numeric(
+    column: str, expectation: str, frame: pd.DataFrame, index: pd.Index
+) -> ValidationFailure:
+    """Describe a column whose dtype is not numeric, naming the values that are not numbers.
+
+    One text value makes a CSV reader load the whole column as text, so the other values of
+    the column look like numbers written as text.
+    """
+    values = frame[column]
+    if pd.api.types.is_bool_dtype(values):
+        text = pd.Series(False, index=values.index)
+    else:
+        text = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+    rows = np.flatnonzero(text.to_numpy())
+    if len(rows) == 0:
+        return ValidationFailure(
+            column=column,
+            expectation=expectation,
+            observed=f"dtype {values.dtype}, first values {_format_values(values.head(_MAX_SHOWN_VALUES))}",
+            fix=f"Convert {column!r} to numbers, for example with pd.to_numeric(df[{column!r}]).",
+        )
+    shown_rows = _format_values(list(index[rows[:_MAX_SHOWN_VALUES]]))
+    shown_values = _format_values(values.iloc[rows].unique()[:_MAX_SHOWN_VALUES])
+    return ValidationFailure(
+        column=column,
+        expectation=expectation,
+        observed=(
+            f"{len(rows)} of {len(frame)} rows are not numbers: {shown_values} "
+            f"(rows with index {shown_rows}), so the column has dtype {values.dtype}"
+        ),
+        fix=f"Replace those values of {column!r} with numbers, or remove those rows.",
     )
 
 
