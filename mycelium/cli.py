@@ -22,6 +22,8 @@ DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 TAG_COLUMN = "tag"
 # Exit code of `route` when it wrote predictions but routed no row.
 NOTHING_ROUTED = 1
+# Exit code of `route` when it wrote predictions but some batches failed validation or routing.
+ROWS_FAILED = 3
 
 
 def _system(args: argparse.Namespace):
@@ -98,8 +100,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_route(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mycelium.routing.batch import route_batch
+    from mycelium.routing.batched import ERROR_COLUMN, route_batches
 
+    if args.tag is not None and not args.tag.strip():
+        raise InputError(f"--tag {args.tag!r} is empty; pass a tag such as vision/digits, or omit --tag to route "
+                         "untagged rows by their OOD scores.")
     frame = _read_frame(args.file).reset_index(drop=True)
     if len(frame) == 0:
         raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
@@ -117,31 +122,26 @@ def cmd_route(args: argparse.Namespace) -> int:
     output = args.output or args.file.with_name(f"{args.file.stem}.predictions{args.file.suffix}")
     _check_output(output, args.file)
     system = _system(args)
-    parts = []
     with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
-        for start in range(0, len(frame), args.batch_size):
-            chunk = frame.iloc[start : start + args.batch_size]
-            try:
-                routed = route_batch(system, chunk, args.tag, tag_column=args.tag_column,
-                                     validate=not args.no_validate,
-                                     name=f"{args.file.stem}-rows-{start}-{start + len(chunk) - 1}")
-            except MyceliumError as exc:
-                if start > 0:
-                    exc.add_note(f"Rows 0 to {start - 1} were routed, but no predictions were written to {output}; "
-                                 f"fix the rows above in {args.file} and run route again.")
-                raise
-            parts.append(routed.to_frame(index=chunk.index))
-            bar.update(len(chunk))
-    system.controller.flush_locality()
+        routes = route_batches(system, frame, args.tag, tag_column=args.tag_column, batch_size=args.batch_size,
+                               validate=not args.no_validate, name=args.file.stem, fail_fast=args.fail_fast,
+                               on_batch=bar.update)
 
+    predictions = routes.predictions
     passthrough_columns = [c for c in (args.tag_column, "label") if c in frame.columns]
-    result = pd.concat([frame[passthrough_columns], pd.concat(parts)], axis=1)
-    result.insert(0, "row", range(len(frame)))
+    result = pd.concat([frame.loc[predictions.index, passthrough_columns], predictions], axis=1)
+    result.insert(0, "row", predictions.index)
+    if routes.stopped is not None:
+        raise _stopped_route(routes, result, output, len(frame))
     _write_frame(result, output)
-    counts = result["domain"].value_counts(dropna=False)
+    counts = result.loc[result[ERROR_COLUMN].isna(), "domain"].value_counts(dropna=False)
     summary = ", ".join(f"{count} rows -> {domain if isinstance(domain, str) else 'no domain'}"
                         for domain, count in counts.items())
-    print(f"wrote {len(result)} predictions to {output} ({summary})")
+    failed = f"; {routes.failed_rows} rows failed" if routes.failures else ""
+    print(f"wrote {len(result)} predictions to {output} ({summary}{failed})")
+    if routes.failures:
+        print(f"error: {_describe_failed_rows(routes, output, args)}", file=sys.stderr)
+        return ROWS_FAILED
     if result["domain"].isna().all():
         reasons = result["route"].dropna().unique()
         shown = "; ".join(str(reason) for reason in reasons[:3])
@@ -150,6 +150,46 @@ def cmd_route(args: argparse.Namespace) -> int:
               "gives the reason for each row.", file=sys.stderr)
         return NOTHING_ROUTED
     return 0
+
+
+def _stopped_route(routes: Any, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
+    """Write the rows routed before the run stopped, and return the error that stopped it.
+
+    The notes added to the error name the folder of the failed rows and the rows to route again.
+    """
+    exc = routes.stopped
+    first_left = len(result)
+    if routes.failures:
+        failure = routes.failures[-1]
+        first_left = failure.first_row
+        if failure.quarantine_path not in str(exc):
+            exc.add_note(f"Rows {failure.first_row} to {failure.last_row} are kept in {failure.quarantine_path}.")
+    if first_left == 0:
+        return exc
+    _write_frame(result.iloc[:first_left], output)
+    exc.add_note(f"Rows 0 to {first_left - 1} were routed and written to {output}; rows {first_left} to "
+                 f"{total_rows - 1} were not. Fix the rows above, then route rows {first_left} to {total_rows - 1} "
+                 "again.")
+    return exc
+
+
+def _describe_failed_rows(routes: Any, output: Path, args: argparse.Namespace) -> str:
+    """Return one line on the failed rows: how many, where they are kept, how to route them again."""
+    failures = routes.failures
+    ranges = ", ".join(f"{f.first_row}-{f.last_row}" for f in failures[:3])
+    folders = ", ".join(f.quarantine_path for f in failures[:3])
+    if len(failures) > 3:
+        ranges += f" and {len(failures) - 3} more batches"
+        folders += f" and {len(failures) - 3} more (see the 'quarantine' column)"
+    where = "The failed batch is kept in" if len(failures) == 1 else "The failed batches are kept in"
+    options = ""
+    if args.tag is not None:
+        options += f" --tag {args.tag}"
+    if args.tag_column != TAG_COLUMN:
+        options += f" --tag-column {args.tag_column}"
+    return (f"{routes.failed_rows} of {len(routes.predictions)} rows failed validation or routing (rows {ranges}) "
+            f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
+            f"Fix them and route each again with `mycelium route FOLDER/batch.parquet{options}`.")
 
 
 def _column_list(frame: pd.DataFrame) -> str:
@@ -309,9 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "domain and subgraph version of every row. A row for a chained domain (one with upstream "
                     "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
                     "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
-                    "lists the domain, version and chain depth of every stage. Exit code: 0 when at least one "
-                    f"row was routed, {NOTHING_ROUTED} when no row was (the predictions file is still written, and "
-                    "its 'route' column says why), 2 on an error.")
+                    "lists the domain, version and chain depth of every stage. A batch of --batch-size rows that "
+                    "fails validation or routing is quarantined with every column, its rows are written without "
+                    "a prediction and with the reason and the quarantine folder in the 'error' and 'quarantine' "
+                    "columns, and the other batches are routed. Exit code: 0 when at least one row was routed "
+                    f"and no batch failed, {NOTHING_ROUTED} when no row was routed (the 'route' column says why), "
+                    f"{ROWS_FAILED} when a batch failed, 2 on an error (with --fail-fast, after writing the rows "
+                    "routed before it).")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
@@ -324,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows routed and validated together (default: 1024)")
     route.add_argument("--no-validate", action="store_true",
                        help="skip the Great Expectations checks of each domain's rows")
+    route.add_argument("--fail-fast", action="store_true",
+                       help="stop at the first batch that fails validation or routing; the rows routed before it "
+                            "are still written")
     route.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     route.set_defaults(handler=cmd_route)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mycelium.cli import NOTHING_ROUTED, main
+from mycelium.cli import NOTHING_ROUTED, ROWS_FAILED, main
 from mycelium.config import load_params
 from mycelium.experts.fitting import chain_features
 from mycelium.routing.tags import safe_name
@@ -96,7 +96,9 @@ class TestRoute:
 
         assert (code, err) == (0, "")
         result = pd.read_csv(project / "batch.predictions.csv")
-        assert list(result.columns) == ["row", "tag", "label", "prediction", "domain", "version", "depth", "stages", "route"]
+        assert list(result.columns) == ["row", "tag", "label", "prediction", "domain", "version", "depth", "stages", "route",
+                                        "error", "quarantine"]
+        assert result["error"].isna().all()
         assert result["row"].tolist() == list(range(50))
         assert result["label"].tolist() == rows["label"].tolist()
         expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
@@ -117,7 +119,8 @@ class TestRoute:
 
         assert (code, err) == (0, "")
         result = pd.read_parquet(output)
-        assert list(result.columns) == ["row", "prediction", "domain", "version", "depth", "stages", "route"]
+        assert list(result.columns) == ["row", "prediction", "domain", "version", "depth", "stages", "route", "error",
+                                        "quarantine"]
         expected = system_of(project).subgraph(DOMAIN).predict(rows).labels
         assert result["prediction"].tolist() == expected.tolist()
         uses = system_of(project).controller.domain(DOMAIN).locality.uses
@@ -145,8 +148,10 @@ class TestRoute:
             (lambda d, rows: _write(d / "empty.csv", "px_00,label\n"), [], r"empty\.csv has no rows"),
             (lambda d, rows: _csv(d, rows.assign(tag="vision/digits")), ["--tag", "vision/digits"],
              r"has a 'tag' column and --tag was given"),
-            (lambda d, rows: _csv(d, rows.assign(tag="audio/speech")), [],
+            (lambda d, rows: _csv(d, rows), ["--tag", "audio/speech"],
              r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]"),
+            (lambda d, rows: _csv(d, rows), ["--tag", ""],
+             r"--tag '' is empty; pass a tag such as vision/digits, or omit --tag to route untagged rows"),
             (lambda d, rows: _csv(d, rows.drop(columns=["px_00"])), ["--tag", "vision/digits"],
              r"missing columns \['px_00'\] that domain 'vision/digits' needs"),
             (lambda d, rows: _csv(d, rows.assign(source="vision/digits")), ["--tag-column", "sources"],
@@ -204,18 +209,22 @@ class TestRoute:
 
         code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits")
 
-        assert code == 2
-        assert err.startswith("error: Batch 'vision/digits:batch-rows-0-4' (5 rows) failed 1 expectation(s)")
-        assert "column 'px_20'" in err
-        assert "quarantined in" in err.splitlines()[-1]
-        assert not (project / "batch.predictions.csv").exists()
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert code == ROWS_FAILED
+        assert result["prediction"].isna().all()
+        assert result["error"][0].startswith("Batch 'vision/digits:batch-rows-0-4' (5 rows) failed 1 expectation(s)")
+        assert "column 'px_20'" in result["error"][0]
+        kept = pd.read_parquet(Path(result["quarantine"][0]) / "batch.parquet")
+        pd.testing.assert_frame_equal(kept, rows.reset_index(drop=True))
+        assert err.startswith("error: 5 of 5 rows failed validation or routing (rows 0-4)")
 
     def test_text_value_named_with_row(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].astype({"px_20": object})
         rows.loc[rows.index[25], "px_20"] = "abc"
         rows.to_csv(project / "batch.csv", index=False)
 
-        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--no-progress")
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--fail-fast",
+                           "--no-progress")
 
         column_lines = [line for line in err.splitlines() if "column 'px_20'" in line]
         assert code == 2
@@ -223,18 +232,93 @@ class TestRoute:
         assert "1 of 30 rows are not numbers: 'abc' (rows with index 25)" in column_lines[0]
         assert "Fix: Replace those values of 'px_20' with numbers" in column_lines[0]
 
-    def test_failure_after_routed_batches_says_nothing_written(self, project, capsys, uci_digits):
-        rows = uci_digits.test.iloc[:30].copy()
+    def test_failed_batches_keep_every_row(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:50].assign(tag=DOMAIN, source="scanner-2")
+        rows.loc[rows.index[12], "px_20"] = 99.0
+        rows.loc[rows.index[30:40], "tag"] = "audio/speech"
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, out, err = run(project, capsys, "route", str(project / "batch.csv"), "--batch-size", "10",
+                             "--no-progress")
+
+        result = pd.read_csv(project / "batch.predictions.csv")
+        failed = result["prediction"].isna().to_numpy()
+        assert code == ROWS_FAILED
+        assert result["row"].tolist() == list(range(50))
+        assert failed.tolist() == [False] * 10 + [True] * 10 + [False] * 10 + [True] * 10 + [False] * 10
+        expected = system_of(project).subgraph(DOMAIN).predict(rows.iloc[~failed]).labels
+        assert result["prediction"][~failed].tolist() == expected.tolist()
+        assert result["error"][~failed].isna().all()
+        assert "(rows with index 12)" in result["error"][10]
+        assert "tagged 'audio/speech'" in result["error"][30]
+        for first, last in [(10, 19), (30, 39)]:
+            folder = Path(result["quarantine"][first])
+            assert set(result["quarantine"][first : last + 1]) == {str(folder)}
+            kept = pd.read_parquet(folder / "batch.parquet")
+            pd.testing.assert_frame_equal(kept, rows.reset_index(drop=True).iloc[first : last + 1])
+        assert len(list(system_of(project).params.paths.quarantine.iterdir())) == 2
+        assert out.strip().endswith(f"(30 rows -> {DOMAIN}; 20 rows failed)")
+        lines = err.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("error: 20 of 50 rows failed validation or routing (rows 10-19, 30-39)")
+        assert str(result["quarantine"][30]) in lines[0]
+        assert "route each again with `mycelium route FOLDER/batch.parquet`" in lines[0]
+
+    def test_quarantined_batch_routes_again(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:10].assign(tag="audio/speech")
+        rows.to_csv(project / "batch.csv", index=False)
+        run(project, capsys, "route", str(project / "batch.csv"), "--no-progress")
+        folder = Path(pd.read_csv(project / "batch.predictions.csv")["quarantine"][0])
+        fixed = pd.read_parquet(folder / "batch.parquet").assign(tag=DOMAIN)
+        fixed.to_parquet(folder / "batch.parquet")
+
+        code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "-o", str(project / "again.csv"),
+                           "--no-progress")
+
+        assert (code, err) == (0, "")
+        assert pd.read_csv(project / "again.csv")["prediction"].notna().all()
+
+    def test_fail_fast_writes_rows_routed_before(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:40].copy()
         rows.loc[rows.index[25], "px_20"] = 99.0
         rows.to_csv(project / "batch.csv", index=False)
 
         code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits",
-                           "--batch-size", "10", "--no-progress")
+                           "--batch-size", "10", "--fail-fast", "--no-progress")
 
+        result = pd.read_csv(project / "batch.predictions.csv")
         assert code == 2
         assert "(rows with index 25)" in err
-        assert err.splitlines()[-1].startswith("Rows 0 to 19 were routed, but no predictions were written to ")
+        assert result["row"].tolist() == list(range(20))
+        assert result["prediction"].notna().all()
+        lines = err.strip().splitlines()
+        assert lines[-2].startswith("The whole batch (10 rows) was quarantined in ")
+        assert lines[-1].startswith("Rows 0 to 19 were routed and written to ")
+        assert lines[-1].endswith("then route rows 20 to 39 again.")
+
+    def test_fail_fast_on_first_batch_writes_nothing(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:10].copy()
+        rows.loc[rows.index[5], "px_20"] = 99.0
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits",
+                           "--fail-fast", "--no-progress")
+
+        assert code == 2
+        assert err.strip().splitlines()[-1].startswith("The whole batch (10 rows) was quarantined in ")
         assert not (project / "batch.predictions.csv").exists()
+
+    def test_fail_fast_names_kept_rows(self, project, capsys, uci_digits):
+        uci_digits.test.iloc[:10].assign(tag="audio/speech").to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--fail-fast", "--no-progress")
+
+        lines = err.strip().splitlines()
+        assert code == 2
+        assert lines[0].startswith("error: Cannot route row 0 and 9 more rows tagged 'audio/speech'")
+        assert lines[1].startswith("Rows 0 to 9 are kept in ")
+        kept = pd.read_parquet(Path(lines[1].removeprefix("Rows 0 to 9 are kept in ").rstrip(".")) / "batch.parquet")
+        assert kept["tag"].tolist() == ["audio/speech"] * 10
 
     def test_folder_as_input_is_rejected(self, project, capsys):
         (project / "inputs.csv").mkdir()

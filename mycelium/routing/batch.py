@@ -254,7 +254,7 @@ def _assign_domains(
     n_rows = len(frame)
     if not isinstance(row_tags, list):
         if row_tags is not None:
-            decision = _decide(system, row_tags, rows=np.arange(n_rows))
+            decision = decide_tag(system, row_tags, rows=np.arange(n_rows))
             return {decision.domain: (np.arange(n_rows), [decision.to_dict()], decision.describe())}
         row_tags = [None] * n_rows
 
@@ -273,7 +273,7 @@ def _assign_domains(
 
     for index, key in enumerate(uniques):
         selected = codes == index
-        decision = _decide(system, key, rows=np.flatnonzero(selected))
+        decision = decide_tag(system, key, rows=np.flatnonzero(selected))
         domain_codes[selected] = code_of(decision.domain)
         lines[selected] = decision.describe()
         routes[decision.domain].append(decision.to_dict())
@@ -291,7 +291,13 @@ def _assign_domains(
     return {domains[domain_codes[g[0]]]: (g, routes[domains[domain_codes[g[0]]]], lines[g]) for g in groups}
 
 
-def _decide(system: Mycelium, key: str, *, rows: np.ndarray):
+def decide_tag(system: Mycelium, key: str, *, rows: np.ndarray):
+    """Return the route of rows tagged ``key`` (one tag, or several separated by commas).
+
+    Raises:
+        RoutingError: naming the first of ``rows`` (0-based positions) and the tag, when the
+            tag is invalid, unknown, ambiguous or leads to a retired domain.
+    """
     tags = key.split(",") if "," in key else key
     try:
         return system.controller.explain(tags)
@@ -441,7 +447,7 @@ def _validate_request(
     if LABEL in frame.columns:
         columns.append(LABEL)
     spec = {**slot_spec, "columns": columns, "features": features, "label_column": None, "label_values": None}
-    _validate_part(system, plan.domain, frame[columns], spec, name)
+    _validate_part(system, plan.domain, frame, spec, name)
 
 
 def chained_request_domain(system: Mycelium, columns: list[str]) -> str | None:
@@ -468,7 +474,8 @@ def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict
     spec = spec_for_rows(spec, rows)
     columns = [c for c in spec["columns"] if c in rows.columns]
     try:
-        require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine)
+        require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine,
+                      quarantine_rows=rows)
     except DataValidationError as exc:
         system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name,
                            path=exc.quarantine_path, reason=str(exc).splitlines()[0])

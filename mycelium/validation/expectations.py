@@ -626,9 +626,18 @@ def _reject(
 
 
 def require_valid(
-    df: pd.DataFrame, spec: dict[str, Any], *, name: str, quarantine_dir: Path
+    df: pd.DataFrame,
+    spec: dict[str, Any],
+    *,
+    name: str,
+    quarantine_dir: Path,
+    quarantine_rows: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Return ``df`` if it meets ``spec``, or quarantine the whole batch and raise.
+
+    Args:
+        quarantine_rows: the rows to quarantine when ``df`` fails, by default ``df``. Pass
+            the rows with every column as given when ``df`` contains only the spec's columns.
 
     Raises:
         DataValidationError: if any expectation failed. ``quarantine_path`` is the folder
@@ -638,7 +647,8 @@ def require_valid(
     report = validate_frame(df, spec, name=name)
     if report.success:
         return df
-    raise _reject(df, report, name=name, quarantine_dir=quarantine_dir)
+    rejected = df if quarantine_rows is None else quarantine_rows
+    raise _reject(rejected, report, name=name, quarantine_dir=quarantine_dir)
 
 
 def split_valid_rows(
