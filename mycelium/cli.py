@@ -218,38 +218,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_train_patch(args: argparse.Namespace) -> int:
-    from mycelium.experts.fitting import LABEL
-
-    from mycelium.routing.batch import chain_inputs
-    from mycelium.validation.expectations import require_valid
-
     frame = _read_frame(args.data)
     if frame.empty:
         raise EmptyDataError(f"{args.data} has no rows; train-patch needs labelled rows of {args.domain!r}.")
     system = _system(args)
-    record = system.controller.domain(args.domain)
-    chained = args.domain in system.controller.table.upstream
-    if chained and any(c not in frame.columns for c in record.columns):
-        # A chained domain's patch reads its upstream outputs; compute them from the request columns as route does.
-        frame = chain_inputs(system, args.domain, frame, validate=True, name=args.data.stem).frame
-    missing = [c for c in record.columns if c not in frame.columns]
-    if missing:
-        raise InputError(
-            f"{args.data} lacks {len(missing)} input columns of {args.domain!r}, e.g. {missing[:5]}; "
-            f"train-patch needs every column of the domain's schema."
-        )
-    if LABEL not in frame.columns or frame[LABEL].isna().any():
-        unlabelled = len(frame) if LABEL not in frame.columns else int(frame[LABEL].isna().sum())
-        raise InputError(
-            f"{args.data} has {unlabelled} rows without a {LABEL!r} value; train-patch needs labelled rows. "
-            f"Add the true class of every row in a {LABEL!r} column."
-        )
-    if not chained:
-        # Patch data must meet the expectations that served batches meet, and a file that fails is quarantined.
-        spec = system.subgraph(args.domain).info["expectations"]
-        require_valid(frame[[*record.columns, LABEL]], spec, name=f"{args.domain}:{args.data.stem}",
-                      quarantine_dir=system.params.paths.quarantine)
-    report = system.train_patch(args.domain, data=frame)
+    report = system.train_patch(args.domain, data=frame, name=args.data.name)
     version = system.controller.domain(args.domain).version
     print(json.dumps({**asdict(report), "version": version}, indent=1))
     return 0
@@ -389,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a low-rank patch beside DOMAIN's frozen expert on DATA, which needs the domain's "
                     "input columns and a label column. For a chained domain (one with upstream inputs, see "
                     "`mycelium status`) DATA has the request columns that `route` takes, e.g. a.px_00 ... b.px_63 "
-                    "and label, and the upstream stages compute the domain's input columns from them. The patched "
-                    "subgraph becomes a new version.")
+                    "and label, and the upstream stages compute the domain's input columns from them. DATA must meet "
+                    "the domain's data expectations; a file that fails is quarantined with every column and no "
+                    "patch is trained. The patched subgraph becomes a new version.")
     train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
     train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
     train_patch.set_defaults(handler=cmd_train_patch)

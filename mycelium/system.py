@@ -434,12 +434,29 @@ class Mycelium:
                              labelled_drift_rows=labelled, decision=decision.to_dict())
         return decision
 
-    def train_patch(self, domain: str, data: pd.DataFrame | None = None) -> PatchReport:
-        """Train a patch for ``domain`` on ``data`` (default: the rows collected since drift began)."""
-        if data is None:
-            data = pd.concat(self._drift_rows.get(domain, []), ignore_index=True) if domain in self._drift_rows else pd.DataFrame()
+    def train_patch(self, domain: str, data: pd.DataFrame | None = None, *, name: str = "patch-data") -> PatchReport:
+        """Train a patch for ``domain`` on ``data`` (default: the rows collected since drift began).
+
+        ``data`` are labelled rows with the domain's input columns and ``label``. For a chained
+        domain they may instead have the request columns that ``route_batch`` takes (``a.px_00``
+        ...), and the upstream stages compute the domain's inputs from them. Given ``data`` must
+        meet the domain's expectations, as served batches do. The collected drift rows met them
+        when they were ingested, so they are not checked again.
+
+        Args:
+            name: name of ``data`` in messages and in the quarantine folder, e.g. its file name.
+
+        Raises:
+            InputError: ``data`` lacks input columns of the domain or has rows without a label.
+            DataValidationError: ``data`` failed the domain's expectations. It was quarantined
+                with every column as given, and no patch was trained.
+        """
         # Another process may have patched or restored the domain since this one read the table.
         self.controller.reload()
+        if data is None:
+            data = pd.concat(self._drift_rows.get(domain, []), ignore_index=True) if domain in self._drift_rows else pd.DataFrame()
+        else:
+            data = self._checked_patch_data(domain, data, name)
         subgraph = self.subgraph(domain)
         patched, report = train_patch(subgraph, data, self.params.patch, target_fpr=self.params.ood.target_fpr,
                                 min_tail_samples=self.params.ood.min_tail_samples,
@@ -460,6 +477,32 @@ class Mycelium:
         self._performance.pop(domain, None)
         self.events.emit("patch_trained", step=self.step, version=version, **asdict(report))
         return report
+
+    def _checked_patch_data(self, domain: str, data: pd.DataFrame, name: str) -> pd.DataFrame:
+        """Return ``data`` as the labelled input rows of ``domain``, or raise the error that names the fix."""
+        record = self.controller.domain(domain)
+        chained = domain in self.controller.table.upstream
+        if chained and any(c not in data.columns for c in record.columns):
+            # A chained domain's patch reads its upstream outputs; compute them from the request columns as route does.
+            data = chain_inputs(self, domain, data, validate=True, name=name).frame
+        missing = [c for c in record.columns if c not in data.columns]
+        if missing:
+            raise InputError(
+                f"Patch data {name!r} lacks {len(missing)} input columns of {domain!r}, e.g. {missing[:5]}; "
+                "a patch needs every column of the domain's schema."
+            )
+        if LABEL not in data.columns or data[LABEL].isna().any():
+            unlabelled = len(data) if LABEL not in data.columns else int(data[LABEL].isna().sum())
+            raise InputError(
+                f"Patch data {name!r} has {unlabelled} rows without a {LABEL!r} value; a patch needs labelled "
+                f"rows. Add the true class of every row in a {LABEL!r} column."
+            )
+        if not chained:
+            # chain_inputs above checked a chained domain's request columns against its upstream domains.
+            spec = self.subgraph(domain).info["expectations"]
+            require_valid(data[[*record.columns, LABEL]], spec, name=f"{domain}:{name}",
+                          quarantine_dir=self.params.paths.quarantine, quarantine_rows=data)
+        return data
 
     # New domains -------------------------------------------------------------------------
 
@@ -605,7 +648,7 @@ class Mycelium:
                 logger.info("Drifted rows %s were already used by another run; no patch trained.", path)
                 return None
             raise InputError(f"Drifted rows {path} not found; pass the data_path of a drift_detected event.")
-        report = self.train_patch(domain, data=pd.read_parquet(path))
+        report = self.train_patch(domain, data=pd.read_parquet(path), name=path.name)
         consumed.parent.mkdir(parents=True, exist_ok=True)
         path.replace(consumed)
         return report

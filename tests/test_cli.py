@@ -462,7 +462,7 @@ class TestPatchAndRollback:
         assert system_of(project).controller.domain(DOMAIN).version == 1
 
     def test_train_patch_quarantines_invalid_rows(self, project, capsys, mnist_digits):
-        rows = mnist_digits.train.iloc[:400].copy()
+        rows = mnist_digits.train.iloc[:400].assign(source="scanner-2")
         rows.loc[rows.index[7], "px_20"] = 500.0
         rows.to_csv(project / "noisy.csv", index=False)
 
@@ -471,7 +471,10 @@ class TestPatchAndRollback:
         assert code == 2
         assert out == ""
         assert "column 'px_20'" in err
-        assert "quarantined in" in err.splitlines()[-1]
+        assert "(rows with index 7)" in err
+        folder = Path(err.splitlines()[-1].split("quarantined in ")[1].rstrip("."))
+        kept = pd.read_parquet(folder / "batch.parquet")
+        pd.testing.assert_frame_equal(kept, pd.read_csv(project / "noisy.csv"))
         assert system_of(project).controller.domain(DOMAIN).version == 1
 
     def test_train_patch_missing_file(self, project, capsys):

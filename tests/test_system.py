@@ -166,6 +166,21 @@ def test_bad_batch_is_quarantined(system, uci_digits, column, value):
     assert system.controller.reload().domains[DOMAIN].locality.uses == 0
 
 
+def test_train_patch_quarantines_invalid_data(system, mnist_digits):
+    rows = mnist_digits.train.iloc[:400].assign(source="scanner-2")
+    rows.iloc[7, rows.columns.get_loc("px_20")] = 500.0
+
+    with pytest.raises(DataValidationError) as raised:
+        system.train_patch(DOMAIN, data=rows, name="scans.parquet")
+
+    assert "column 'px_20'" in str(raised.value)
+    assert "'vision/digits:scans.parquet'" in str(raised.value)
+    kept = pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")
+    pd.testing.assert_frame_equal(kept, rows)
+    assert system.controller.domain(DOMAIN).version == 1
+    assert system.events.of_kind("patch_trained") == []
+
+
 def test_untagged_nan_batch_is_quarantined(system, uci_digits):
     batch = uci_digits.test.iloc[:BATCH_ROWS].copy()
     batch.iloc[3, batch.columns.get_loc("px_05")] = math.nan
