@@ -89,11 +89,15 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    evictions = _system(args).sweep()
+    system = _system(args)
+    evictions = system.sweep()
     for eviction in evictions:
         print(f"swept {eviction.domain}: {eviction.reason}")
+    kept = system.keep_reasons()
     if not evictions:
-        print("nothing to sweep")
+        print("nothing to sweep" if kept else "nothing to sweep: no domain is hot")
+    for domain, reason in kept.items():
+        print(f"kept {domain} hot: {reason}")
     return 0
 
 
@@ -272,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mycelium", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="settings file; its folder is the project root (default: ./params.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log at INFO level; -vv also logs the INFO records of Great Expectations")
     commands = parser.add_subparsers(dest="command", required=True)
 
     status = commands.add_parser(
@@ -300,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the cold-storage sweep once, as the scheduled flow does: hot domains idle for longer "
                     "than cold_storage.max_idle_s are quantized into a DVC-versioned bundle, then others by "
                     "cold_storage.policy until the hot set fits cold_storage.hot_budget_bytes. Pinned domains "
-                    "stay hot. Prints each domain moved and why.")
+                    "stay hot. Prints each domain moved and why, and why each other hot domain stays hot.")
     sweep.set_defaults(handler=cmd_sweep)
 
     remember = commands.add_parser(
@@ -486,11 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Great Expectations sets INFO on its own loggers, some only when first used, so without -v the
-    # handlers drop its records below WARNING.
-    logging.getLogger("great_expectations").setLevel(level)
+    # Great Expectations sets INFO on its own loggers, some only when first used, and then logs
+    # about 220 INFO lines (GX 1.24.1). Below -vv the handlers drop its records below WARNING.
+    show_great_expectations = args.verbose >= 2
+    logging.getLogger("great_expectations").setLevel(logging.INFO if show_great_expectations else logging.WARNING)
     for handler in logging.getLogger().handlers:
-        if args.verbose:
+        if show_great_expectations:
             handler.removeFilter(_quiet_great_expectations)
         else:
             handler.addFilter(_quiet_great_expectations)

@@ -23,7 +23,7 @@ from mycelium.cold_storage.smote import balanced_buffer, smote_settings
 from mycelium.cold_storage.store import ColdStore, StoredVersion
 from mycelium.cold_storage.policy import select_evictions
 from mycelium.cold_storage.quantize import dequantize_state_dict, quantize_state_dict
-from mycelium.cold_storage.sweep import Eviction, SweepCandidate
+from mycelium.cold_storage.sweep import Eviction, SweepCandidate, keep_reason
 from mycelium.config import Params
 from mycelium.drift.feature_drift import FeatureDriftResult
 from mycelium.drift.adwin import ADWIN
@@ -742,6 +742,18 @@ class Mycelium:
                 continue
             swept.append(eviction)
         return swept
+
+    def keep_reasons(self) -> dict[str, str]:
+        """Return, for each hot domain, why a sweep now would keep it hot: pinned, or used within
+        ``cold_storage.max_idle_s`` while the hot set fits ``cold_storage.hot_budget_bytes``."""
+        settings = self.params.cold_storage
+        candidates = self._sweep_candidates()
+        evicted = {e.domain for e in select_evictions(settings, candidates, now=self.clock())}
+        kept = [c for c in candidates if c.domain not in evicted]
+        hot_bytes = sum(c.hot_bytes for c in kept)
+        return {c.domain: keep_reason(c, now=self.clock(), max_idle_s=settings.max_idle_s, hot_bytes=hot_bytes,
+                                      budget_bytes=settings.hot_budget_bytes)
+                for c in kept}
 
     def _sweep_candidates(self, *, exclude: str | None = None) -> list[SweepCandidate]:
         """Return every hot domain but ``exclude`` from a freshly read routing table."""

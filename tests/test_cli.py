@@ -86,6 +86,43 @@ def test_console_script_runs():
     assert "--tag-column" in finished.stdout
 
 
+def test_verbose_hides_great_expectations_info(project, uci_digits):
+    rows = uci_digits.test.iloc[:10].copy()
+    rows.loc[rows.index[3], "px_20"] = 99.0
+    rows.to_csv(project / "batch.csv", index=False)
+    script = Path(sys.executable).parent / "mycelium"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mycelium.cli"]
+
+    finished = subprocess.run([*command, "--params", str(project / "params.yaml"), "-v", "route",
+                               str(project / "batch.csv"), "--tag", DOMAIN, "--no-progress"],
+                              capture_output=True, text=True, timeout=300)
+
+    assert finished.returncode == ROWS_FAILED
+    assert "INFO mycelium.validation.quarantine: Quarantined batch" in finished.stderr
+    assert "great_expectations" not in finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("pinned", "pattern"),
+    [
+        ([], r"kept vision/digits hot: last used \d+ s ago, within cold_storage\.max_idle_s=18000 s, and the hot "
+             r"set of \d+ bytes fits cold_storage\.hot_budget_bytes=4000000"),
+        ([DOMAIN], r"kept vision/digits hot: pinned in the routing table or in cold_storage\.pinned"),
+    ],
+)
+def test_sweep_says_why_domains_stay(project, capsys, pinned, pattern):
+    settings = yaml.safe_load((project / "params.yaml").read_text())
+    settings["cold_storage"]["pinned"] = pinned
+    (project / "params.yaml").write_text(yaml.safe_dump(settings))
+
+    code, out, _ = run(project, capsys, "sweep")
+
+    lines = out.strip().splitlines()
+    assert code == 0
+    assert lines[0] == "nothing to sweep"
+    assert re.fullmatch(pattern, lines[1]), lines[1]
+
+
 class TestRoute:
     def test_csv_with_tag_column(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:50]

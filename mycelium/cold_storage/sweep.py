@@ -56,3 +56,22 @@ def lru_sweep(
         evictions.append(Eviction(candidate.domain, reason))
         hot_bytes -= candidate.hot_bytes
     return evictions
+
+
+def keep_reason(
+    candidate: SweepCandidate, *, now: float, max_idle_s: float, hot_bytes: int, budget_bytes: int
+) -> str:
+    """Return why a sweep at ``now`` keeps ``candidate`` hot, for a hot set of ``hot_bytes``.
+
+    Both policies move a domain idle for more than ``max_idle_s``, then others while the hot
+    set is over ``budget_bytes``, and never a pinned domain.
+    """
+    if candidate.pinned:
+        return "pinned in the routing table or in cold_storage.pinned"
+    if candidate.last_used is None:
+        used = "never used"
+    else:
+        used = f"last used {now - candidate.last_used:.0f} s ago, within cold_storage.max_idle_s={max_idle_s:.0f} s"
+    if hot_bytes <= budget_bytes:
+        return f"{used}, and the hot set of {hot_bytes} bytes fits cold_storage.hot_budget_bytes={budget_bytes}"
+    return f"{used}; the hot set of {hot_bytes} bytes is over cold_storage.hot_budget_bytes={budget_bytes}"

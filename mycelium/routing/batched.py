@@ -162,7 +162,7 @@ def _keep_failed_batch(system: Mycelium, batch: pd.DataFrame, exc: MyceliumError
         path = quarantine_batch(batch, name=name, reason=str(exc), quarantine_dir=system.params.paths.quarantine)
         system.events.emit("batch_quarantined", step=system.step, domain=None, batch=name, path=path,
                            reason=str(exc).splitlines()[0])
-    logger.info("Batch %r (%d rows) failed and is kept in %s: %s", name, len(batch), path, error)
+    logger.info("Batch %r (%d rows) failed and is kept in %s: %s", name, len(batch), path, str(exc).splitlines()[0])
     return FailedBatch(int(batch.index[0]), int(batch.index[-1]), error, str(path))
 
 
