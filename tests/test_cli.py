@@ -269,6 +269,21 @@ class TestRoute:
         assert "1 of 30 rows are not numbers: 'abc' (rows with index 25)" in column_lines[0]
         assert "Fix: Replace those values of 'px_20' with numbers" in column_lines[0]
 
+    def test_column_failures_share_one_line(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:10].copy()
+        rows.loc[rows.index[3], "px_10"] = 99.0
+        rows.loc[rows.index[4], "px_10"] = np.nan
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--fail-fast",
+                           "--no-progress")
+
+        column_lines = [line for line in err.splitlines() if "column 'px_10'" in line]
+        assert code == 2
+        assert len(column_lines) == 1, err
+        assert "1 of 10 rows are null (rows with index 4)" in column_lines[0]
+        assert "1 of 10 rows outside [0.0, 16.0]: 99.0 (rows with index 3)" in column_lines[0]
+
     def test_failed_batches_keep_every_row(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:50].assign(tag=DOMAIN, source="scanner-2")
         rows.loc[rows.index[12], "px_20"] = 99.0

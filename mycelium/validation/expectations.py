@@ -231,19 +231,27 @@ class ValidationReport:
     name: str = "batch"
 
     def message(self) -> str:
-        """Describe the outcome: each failed column, its offending values and the fix."""
+        """Describe the outcome: one line per failed column with its offending values and the fix."""
         if self.success:
             return f"Batch {self.name!r} met every expectation ({self.row_count} rows)."
         lines = [
             f"Batch {self.name!r} ({self.row_count} rows) failed "
             f"{len(self.failures)} expectation(s):"
         ]
+        # A column that failed several expectations, e.g. a null and a value out of range, gets one line.
+        by_column: dict[str | None, list[ValidationFailure]] = {}
         for failure in self.failures:
-            where = "table" if failure.column is None else f"column {failure.column!r}"
-            lines.append(
-                f"- {where}: {failure.expectation}: {failure.observed}. Fix: {failure.fix}"
-            )
+            if failure.column is None:
+                lines.append(f"- table: {_describe_failure(failure)}")
+            else:
+                by_column.setdefault(failure.column, []).append(failure)
+        for column, failures in by_column.items():
+            lines.append(f"- column {column!r}: " + " ".join(_describe_failure(f) for f in failures))
         return "\n".join(lines)
+
+
+def _describe_failure(failure: ValidationFailure) -> str:
+    return f"{failure.expectation}: {failure.observed}. Fix: {failure.fix}"
 
 
 # ---------------------------------------------------------------------------------------
