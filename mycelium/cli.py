@@ -193,7 +193,7 @@ def _describe_failed_rows(routes: Any, output: Path, args: argparse.Namespace) -
         options += f" --tag-column {args.tag_column}"
     return (f"{routes.failed_rows} of {len(routes.predictions)} rows failed validation or routing (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
-            f"Fix them and route each again with `mycelium route FOLDER/batch.parquet{options}`.")
+            f"Fix them and route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT{options}`.")
 
 
 def _column_list(frame: pd.DataFrame) -> str:

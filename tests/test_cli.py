@@ -314,7 +314,7 @@ class TestRoute:
         assert len(lines) == 1
         assert lines[0].startswith("error: 20 of 50 rows failed validation or routing (rows 10-19, 30-39)")
         assert str(result["quarantine"][30]) in lines[0]
-        assert "route each again with `mycelium route FOLDER/batch.parquet`" in lines[0]
+        assert "route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT`" in lines[0]
 
     def test_quarantined_batch_routes_again(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].assign(tag="audio/speech")
