@@ -142,7 +142,8 @@ def route_batches(
                     stopped = exc
                     break
             else:
-                parts.append(routed.to_frame(index=batch.index).assign(**{ERROR_COLUMN: None, QUARANTINE_COLUMN: None}))
+                outcome = routed.to_frame(index=batch.index)
+                parts.append(outcome.assign(**{ERROR_COLUMN: None, QUARANTINE_COLUMN: None}))
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
@@ -154,16 +155,16 @@ def route_batches(
 
 def _keep_failed_batch(system: Mycelium, batch: pd.DataFrame, exc: MyceliumError, name: str) -> FailedBatch:
     """Return the failure of ``batch``, quarantining the whole batch unless ``exc`` already did."""
-    error = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     path = getattr(exc, "quarantine_path", None)
     if path is None or not _holds_batch(Path(path), batch):
         # A routing error quarantines nothing, and a validation error only the rows of one
         # domain, or a chained domain's computed inputs in place of the request's columns.
         path = quarantine_batch(batch, name=name, reason=str(exc), quarantine_dir=system.params.paths.quarantine)
         system.events.emit("batch_quarantined", step=system.step, domain=None, batch=name, path=path,
-                           reason=str(exc).splitlines()[0])
-    logger.info("Batch %r (%d rows) failed and is kept in %s: %s", name, len(batch), path, str(exc).splitlines()[0])
-    return FailedBatch(int(batch.index[0]), int(batch.index[-1]), error, str(path))
+                           reason=lines[0])
+    logger.info("Batch %r (%d rows) failed and is kept in %s: %s", name, len(batch), path, lines[0])
+    return FailedBatch(int(batch.index[0]), int(batch.index[-1]), " ".join(lines), str(path))
 
 
 def _holds_batch(folder: Path, batch: pd.DataFrame) -> bool:
