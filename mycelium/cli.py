@@ -6,15 +6,19 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError
+
+if TYPE_CHECKING:
+    from mycelium.routing.batched import BatchedRoutes
 
 # Input and output files of `route` and `train-patch`, by suffix.
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -156,28 +160,34 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped_route(routes: Any, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
+def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
     """Write the rows routed before the run stopped, and return the error that stopped it.
 
     The notes added to the error name the folder of the failed rows and the rows to route again.
     """
+    from mycelium.routing.batched import ERROR_COLUMN
+
     exc = routes.stopped
     first_left = len(result)
-    if routes.failures:
+    if not isinstance(exc, InputError):
+        # --fail-fast stopped at a failed batch, which is the last one in the result.
         failure = routes.failures[-1]
         first_left = failure.first_row
         if failure.quarantine_path not in str(exc):
             exc.add_note(f"Rows {failure.first_row} to {failure.last_row} are kept in {failure.quarantine_path}.")
     if first_left == 0:
         return exc
-    _write_frame(result.iloc[:first_left], output)
-    exc.add_note(f"Rows 0 to {first_left - 1} were routed and written to {output}; rows {first_left} to "
-                 f"{total_rows - 1} were not. Fix the rows above, then route rows {first_left} to {total_rows - 1} "
-                 "again.")
+    written = result.iloc[:first_left]
+    failed = int(written[ERROR_COLUMN].notna().sum())
+    without = f", {failed} of them without a prediction (see its 'error' column)" if failed else ""
+    exc.add_note(f"Rows 0 to {first_left - 1} were written to {output}{without}; rows {first_left} to "
+                 f"{total_rows - 1} were not routed. Fix the rows above, then route rows {first_left} to "
+                 f"{total_rows - 1} again.")
+    _write_frame(written, output)
     return exc
 
 
-def _describe_failed_rows(routes: Any, output: Path, args: argparse.Namespace) -> str:
+def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
     """Return one line on the failed rows: how many, where they are kept, how to route them again."""
     failures = routes.failures
     ranges = ", ".join(f"{f.first_row}-{f.last_row}" for f in failures[:3])
@@ -188,9 +198,9 @@ def _describe_failed_rows(routes: Any, output: Path, args: argparse.Namespace) -
     where = "The failed batch is kept in" if len(failures) == 1 else "The failed batches are kept in"
     options = ""
     if args.tag is not None:
-        options += f" --tag {args.tag}"
+        options += f" --tag {shlex.quote(args.tag)}"
     if args.tag_column != TAG_COLUMN:
-        options += f" --tag-column {args.tag_column}"
+        options += f" --tag-column {shlex.quote(args.tag_column)}"
     return (f"{routes.failed_rows} of {len(routes.predictions)} rows failed validation or routing (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
             f"Fix them and route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT{options}`.")

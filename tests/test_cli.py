@@ -345,8 +345,8 @@ class TestRoute:
         assert result["prediction"].notna().all()
         lines = err.strip().splitlines()
         assert lines[-2].startswith("The whole batch (10 rows) was quarantined in ")
-        assert lines[-1].startswith("Rows 0 to 19 were routed and written to ")
-        assert lines[-1].endswith("then route rows 20 to 39 again.")
+        assert lines[-1].startswith("Rows 0 to 19 were written to ")
+        assert lines[-1].endswith("rows 20 to 39 were not routed. Fix the rows above, then route rows 20 to 39 again.")
 
     def test_fail_fast_on_first_batch_writes_nothing(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].copy()
@@ -606,6 +606,24 @@ class TestChainedDomain:
 
         assert_one_line_error(code, err, r"missing request columns \['a\.px_00'.*a\.COLUMN for 'vision/digits'")
         assert system_of(chained_project).controller.domain(PAIRS).version == 1
+
+    def test_missing_columns_stop_after_failed_batch(self, chained_project, capsys, uci_digits):
+        tags = [DOMAIN] * 10 + ["audio/speech"] * 10 + [PAIRS] * 10
+        uci_digits.test.iloc[:30].assign(tag=tags).to_csv(chained_project / "mixed.csv", index=False)
+
+        code, _, err = run(chained_project, capsys, "route", str(chained_project / "mixed.csv"), "--batch-size", "10",
+                           "--no-progress")
+
+        lines = err.strip().splitlines()
+        result = pd.read_csv(chained_project / "mixed.predictions.csv")
+        assert code == 2
+        assert lines[0].startswith("error: ")
+        assert "missing request columns ['a.px_00'" in lines[0]
+        assert lines[1].startswith("Rows 0 to 19 were written to ")
+        assert ", 10 of them without a prediction (see its 'error' column); rows 20 to 29 were not routed." in lines[1]
+        assert result["row"].tolist() == list(range(20))
+        assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 10
+        assert "tagged 'audio/speech'" in result["error"][10]
 
     def test_route_without_slot_columns_says_format(self, chained_project, capsys, uci_digits):
         uci_digits.test.iloc[:10].to_csv(chained_project / "digits.csv", index=False)
