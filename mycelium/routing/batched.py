@@ -82,8 +82,9 @@ def route_batches(
     """Route ``frame`` in batches of ``batch_size`` rows, quarantining each batch that fails.
 
     An InputError from a batch comes from the frame's columns, for example rows that lack
-    the columns of their domain or a tag cell that is not text. Each later batch would fail
-    the same way, so it stops the run without quarantining the batch, and ``stopped`` is set.
+    the columns of their domain or a tag cell that is not text. Later rows of that kind would
+    fail the same way, so it stops the run without quarantining the batch, and ``stopped`` is
+    set.
 
     Args:
         system: the deployment whose routing table and subgraphs serve the rows.
