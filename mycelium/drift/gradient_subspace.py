@@ -33,6 +33,9 @@ MAHALANOBIS = "mahalanobis"
 # A pixel is ink when it is above this fraction of the image's brightest pixel, counted from the
 # background. Holes are the regions of non-ink pixels that do not touch the border.
 _INK_LEVEL = 0.4
+# Connects 4-neighbours within each image of an (n, height, width) stack and nothing across images.
+_PLANAR_4_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
+_PLANAR_4_CONNECTED[1] = ndimage.generate_binary_structure(2, 1)
 
 
 class GradientSubspaceOOD:
@@ -442,20 +445,34 @@ def _holes(images: torch.Tensor, background: float) -> np.ndarray:
     a corner still closes a loop. An image without holes, blank ones included, gets zeros.
     """
     ink = np.clip(images[:, 0].numpy() - background, 0.0, None)
-    features = np.zeros((ink.shape[0], 3))
-    for index, image in enumerate(ink):
-        brightest = image.max()
-        if brightest <= 0:
-            continue
-        is_ink = image > _INK_LEVEL * brightest
-        # A border of background joins every region that touches the edge into one, labelled 1.
-        regions, n_regions = ndimage.label(np.pad(~is_ink, 1, constant_values=True))
-        if n_regions < 2:
-            continue
-        hole_rows = np.nonzero(regions[1:-1, 1:-1] > 1)[0]
-        ink_rows = np.nonzero(is_ink.any(axis=1))[0]
-        height = ink_rows[-1] + 1 - ink_rows[0]
-        features[index] = (n_regions - 1, (hole_rows.mean() - ink_rows[0]) / height, hole_rows.size / is_ink.sum())
+    n_images, height, width = ink.shape
+    features = np.zeros((n_images, 3))
+    if n_images == 0:
+        return features
+    # A blank image (brightest pixel 0) has no ink pixel, so it gets one region and no holes.
+    is_ink = ink > _INK_LEVEL * ink.max(axis=(1, 2), keepdims=True)
+    # A border of background joins every region that touches the edge into one. All images are
+    # labelled in one call: the structure connects 4-neighbours within an image and nothing
+    # along the stack axis. Labels follow the scan order, so each image's labels form one run
+    # that starts with its border region at pixel (0, 0).
+    background_mask = np.pad(~is_ink, ((0, 0), (1, 1), (1, 1)), constant_values=True)
+    regions, _ = ndimage.label(background_mask, structure=_PLANAR_4_CONNECTED)
+    border = regions[:, 0, 0]
+    n_holes = regions.reshape(n_images, -1).max(axis=1) - border
+    is_hole = regions[:, 1:-1, 1:-1] > border[:, None, None]
+
+    has_holes = n_holes > 0
+    hole_pixels = is_hole.sum(axis=(1, 2))
+    hole_row_sums = (is_hole.sum(axis=2) * np.arange(height)).sum(axis=1)
+    ink_rows = is_ink.any(axis=2)
+    top = ink_rows.argmax(axis=1)
+    bottom = height - 1 - ink_rows[:, ::-1].argmax(axis=1)
+    ink_pixels = is_ink.sum(axis=(1, 2))
+    # Only images with holes are divided, and each of them has ink rows and ink pixels.
+    mean_hole_row = hole_row_sums[has_holes] / hole_pixels[has_holes]
+    features[has_holes, 0] = n_holes[has_holes]
+    features[has_holes, 1] = (mean_hole_row - top[has_holes]) / (bottom[has_holes] + 1 - top[has_holes])
+    features[has_holes, 2] = hole_pixels[has_holes] / ink_pixels[has_holes]
     return features
 
 

