@@ -99,7 +99,7 @@ def train_expert(
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
                                      target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
                                      autoencoder=autoencoder, image_shape=image_shape,
-                                     train_labels=y_train.numpy())
+                                     train_labels=y_train.numpy(), holdout_labels=y_holdout.numpy())
     info = {
         "holdout_accuracy": holdout_accuracy,
         "train_samples": len(train),

@@ -115,7 +115,7 @@ def train_patch(
         reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
                                      target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
                                      autoencoder=autoencoder, image_shape=subgraph.schema.image_shape,
-                                     train_labels=y_train.numpy())
+                                     train_labels=y_train.numpy(), holdout_labels=y_holdout.numpy())
     patched = Subgraph(
         subgraph.domain,
         subgraph.schema,
