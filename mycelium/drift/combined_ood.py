@@ -313,7 +313,7 @@ def _joint_fpr(scores: dict[str, np.ndarray], level: float) -> float:
 
 
 def fit_domain_check(
-    feature_reference: MahalanobisOOD,
+    feature_reference: MahalanobisOOD | None,
     train_inputs: Any,
     holdout_inputs: Any,
     holdout_features: Any,
@@ -336,12 +336,13 @@ def fit_domain_check(
     Parameters
     ----------
     feature_reference
-        The fitted Mahalanobis reference on the expert's features, used when `components`
-        names "features".
+        The fitted Mahalanobis reference on the expert's features. Needed only when
+        `components` names "features", and None otherwise.
     train_inputs, holdout_inputs
         Normalised inputs (what the expert reads) of the training and held-out rows.
     holdout_features
-        The expert's features of the held-out rows.
+        The expert's features of the held-out rows, or None when `components` does not name
+        "features".
     autoencoder
         Keyword arguments of `AutoencoderOOD`. By default one hidden layer of 64 units and a
         bottleneck of a quarter of the inputs, at most 16, and the inputs are used as given
@@ -371,14 +372,20 @@ def fit_domain_check(
     Raises
     ------
     ConfigError
-        If a component name is unknown, a gradient component has no image_shape, or
-        cross-fitting gets labels for only the training or only the held-out rows.
+        If a component name is unknown, a gradient component has no image_shape, "features"
+        has no feature_reference or holdout_features, or cross-fitting gets labels for only
+        the training or only the held-out rows.
     """
     unknown = sorted(set(components) - set(CHECK_COMPONENTS))
     if unknown or not components:
         raise ConfigError(f"components {list(components)!r} must be a non-empty list of names from {list(CHECK_COMPONENTS)}.")
     if image_shape is None and {GRADIENT, GRADIENT_DESKEWED} & set(components):
         raise ConfigError(f"components {list(components)!r} include gradient scores, which need image_shape; pass it.")
+    if FEATURES in components and (feature_reference is None or holdout_features is None):
+        raise ConfigError(
+            f"components {list(components)!r} include 'features', which needs feature_reference and "
+            "holdout_features; pass both or leave 'features' out."
+        )
     if isinstance(cross_fit_folds, bool) or not isinstance(cross_fit_folds, int):
         raise ConfigError(f"cross_fit_folds must be an integer, got {cross_fit_folds!r}.")
     if cross_fit_folds >= 2 and set(components) <= {GRADIENT, GRADIENT_DESKEWED}:

@@ -198,6 +198,12 @@ class TestDigitsCheck:
             fit_domain_check(feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
                              target_fpr=TARGET_FPR, components=("isolation_forest",))
 
+    def test_features_without_reference_raise(self, digits_cnn, uci_digits):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        with pytest.raises(ConfigError, match="feature_reference"):
+            fit_domain_check(None, train.numpy(), holdout.numpy(), None, target_fpr=TARGET_FPR, min_tail_samples=4,
+                             components=("features", "row_statistics"))
+
     def test_gradient_without_image_shape_raises(self, digits_cnn, uci_digits, feature_reference):
         train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
         with pytest.raises(ConfigError, match="image_shape"):
