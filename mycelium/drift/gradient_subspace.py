@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 
 from mycelium.drift.calibration import require_holdout_rows, threshold_at_fpr
 from mycelium.drift.ood import _as_features
@@ -280,7 +281,10 @@ class GradientSubspaceOOD:
             return [rows]
         from sklearn.cluster import KMeans
 
-        assignments = KMeans(n_clusters=n_clusters, n_init=4, random_state=0).fit_predict(rows)
+        # On 2 shared cores, KMeans with its default OpenMP threads took 30 times longer than
+        # with one thread (0.2 s against 0.007 s for 400 x 328 descriptors, scikit-learn 1.9.1).
+        with threadpool_limits(limits=1, user_api="openmp"):
+            assignments = KMeans(n_clusters=n_clusters, n_init=4, random_state=0).fit_predict(rows)
         return [rows[assignments == cluster] for cluster in range(n_clusters) if np.any(assignments == cluster)]
 
     def calibrate(self, holdout_scores: np.ndarray, target_fpr: float) -> GradientSubspaceOOD:
