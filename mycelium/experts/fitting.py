@@ -88,18 +88,21 @@ def train_expert(
     x_holdout = schema.transform(holdout[columns].to_numpy(dtype=np.float64))
     y_holdout = torch.as_tensor(holdout[LABEL].to_numpy(), dtype=torch.long)
     holdout_accuracy = accuracy(predict_logits(expert, x_holdout).argmax(1), y_holdout)
-    with torch.no_grad():
-        holdout_features = expert.features(x_holdout).numpy().astype(np.float64)
-        reference = MahalanobisOOD(min_tail_samples=min_tail_samples).fit(
-            expert.features(x_train).numpy().astype(np.float64), holdout_features, target_fpr=target_fpr
-        )
-    if image_shape is not None:
+    if image_shape is None:
+        with torch.no_grad():
+            reference = MahalanobisOOD(min_tail_samples=min_tail_samples).fit(
+                expert.features(x_train).numpy().astype(np.float64),
+                expert.features(x_holdout).numpy().astype(np.float64),
+                target_fpr=target_fpr,
+            )
+    else:
         # A CNN's feature space can map noise close to the training images, so image domains are
-        # checked by raw-input scores (fit_domain_check's default components).
-        reference = fit_domain_check(reference, x_train.numpy(), x_holdout.numpy(), holdout_features,
+        # checked by raw-input scores (fit_domain_check's default components), which read no
+        # expert features.
+        reference = fit_domain_check(None, x_train.numpy(), x_holdout.numpy(), None,
                                      target_fpr=target_fpr, min_tail_samples=min_tail_samples, seed=seed,
                                      autoencoder=autoencoder, image_shape=image_shape,
-                                     train_labels=y_train.numpy())
+                                     train_labels=y_train.numpy(), holdout_labels=y_holdout.numpy())
     info = {
         "holdout_accuracy": holdout_accuracy,
         "train_samples": len(train),

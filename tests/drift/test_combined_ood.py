@@ -73,6 +73,25 @@ class TestCalibration:
         assert combined.thresholds["only"] == alone.threshold
 
 
+class TestFitScores:
+    def test_scores_give_same_thresholds_as_inputs(self, gaussian_pair):
+        combined, holdout, _ = gaussian_pair
+        scores = {name: detector.score(split(holdout)[name]) for name, detector in combined.detectors.items()}
+        from_scores = CombinedOOD(combined.detectors).fit_scores(scores, target_fpr=TARGET_FPR)
+        assert from_scores.thresholds == combined.thresholds
+        assert from_scores.calibrated_fpr == combined.calibrated_fpr
+
+    def test_scores_of_different_lengths_raise(self, gaussian_pair):
+        combined, _, _ = gaussian_pair
+        with pytest.raises(ValueError, match="different numbers of rows"):
+            CombinedOOD(combined.detectors).fit_scores({"first": np.zeros(400), "second": np.zeros(300)}, target_fpr=TARGET_FPR)
+
+    def test_missing_scores_raise(self, gaussian_pair):
+        combined, _, _ = gaussian_pair
+        with pytest.raises(ConfigError, match="second"):
+            CombinedOOD(combined.detectors).fit_scores({"first": np.zeros(400)}, target_fpr=TARGET_FPR)
+
+
 class TestInputs:
     def test_missing_input_raises(self, gaussian_pair):
         combined, holdout, _ = gaussian_pair
@@ -124,7 +143,7 @@ class TestDigitsCheck:
         return fit_domain_check(
             feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
             target_fpr=TARGET_FPR, min_tail_samples=4, seed=7, image_shape=digits_cnn.schema.image_shape,
-            train_labels=uci_digits.train["label"].to_numpy(),
+            train_labels=uci_digits.train["label"].to_numpy(), holdout_labels=uci_digits.holdout["label"].to_numpy(),
         )
 
     @staticmethod
@@ -137,6 +156,30 @@ class TestDigitsCheck:
         assert digits_check.calibrated_fpr <= TARGET_FPR
         assert digits_check.detectors["gradient"].n_classes == 10
         assert digits_check.detectors["gradient_deskewed"].deskew
+
+    def test_cross_fitting_uses_every_row(self, digits_check, uci_digits):
+        n_rows = len(uci_digits.train) + len(uci_digits.holdout)
+        assert digits_check.n_holdout == n_rows
+        assert digits_check.detectors["gradient"].n_train == n_rows
+        assert digits_check.detectors["gradient"].n_holdout == n_rows
+
+    def test_without_cross_fitting_holdout_calibrates(self, digits_cnn, uci_digits, feature_reference):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        check = fit_domain_check(
+            feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
+            target_fpr=TARGET_FPR, min_tail_samples=4, seed=7, image_shape=digits_cnn.schema.image_shape,
+            train_labels=uci_digits.train["label"].to_numpy(), cross_fit_folds=0,
+        )
+        assert check.n_holdout == len(uci_digits.holdout)
+        assert check.detectors["gradient"].n_train == len(uci_digits.train)
+        assert check.calibrated_fpr <= TARGET_FPR
+
+    def test_cross_fitting_without_holdout_labels_raises(self, digits_cnn, uci_digits, feature_reference):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        with pytest.raises(ConfigError, match="holdout_labels"):
+            fit_domain_check(feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
+                             target_fpr=TARGET_FPR, min_tail_samples=4, image_shape=digits_cnn.schema.image_shape,
+                             train_labels=uci_digits.train["label"].to_numpy())
 
     def test_chosen_components_are_built(self, digits_cnn, uci_digits, feature_reference):
         train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
@@ -154,6 +197,12 @@ class TestDigitsCheck:
         with pytest.raises(ConfigError, match="isolation_forest"):
             fit_domain_check(feature_reference, train.numpy(), holdout.numpy(), digits_cnn.base_features(holdout),
                              target_fpr=TARGET_FPR, components=("isolation_forest",))
+
+    def test_features_without_reference_raise(self, digits_cnn, uci_digits):
+        train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
+        with pytest.raises(ConfigError, match="feature_reference"):
+            fit_domain_check(None, train.numpy(), holdout.numpy(), None, target_fpr=TARGET_FPR, min_tail_samples=4,
+                             components=("features", "row_statistics"))
 
     def test_gradient_without_image_shape_raises(self, digits_cnn, uci_digits, feature_reference):
         train, holdout = digits_cnn.inputs(uci_digits.train), digits_cnn.inputs(uci_digits.holdout)
