@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError
+from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, StorageError
 
 if TYPE_CHECKING:
     from mycelium.routing.batched import BatchedRoutes
@@ -26,7 +27,7 @@ DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 TAG_COLUMN = "tag"
 # Exit code of `route` when it wrote predictions but routed no row.
 NOTHING_ROUTED = 1
-# Exit code of `route` when it wrote predictions but some batches failed validation or routing.
+# Exit code of `route` when it wrote predictions but some rows have none: a batch failed, or no domain accepts them.
 ROWS_FAILED = 3
 
 
@@ -108,7 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_route(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mycelium.routing.batched import ERROR_COLUMN, route_batches
+    from mycelium.routing.batched import route_batches
 
     if args.tag is not None and not args.tag.strip():
         raise InputError(f"--tag {args.tag!r} is empty; pass a tag such as vision/digits, or omit --tag to route "
@@ -141,23 +142,34 @@ def cmd_route(args: argparse.Namespace) -> int:
     result.insert(0, "row", predictions.index)
     if routes.stopped is not None:
         raise _stopped_route(routes, result, output, len(frame))
-    _write_frame(result, output)
-    counts = result.loc[result[ERROR_COLUMN].isna(), "domain"].value_counts(dropna=False)
-    summary = ", ".join(f"{count} rows -> {domain if isinstance(domain, str) else 'no domain'}"
-                        for domain, count in counts.items())
-    failed = f"; {routes.failed_rows} rows failed" if routes.failures else ""
-    print(f"wrote {len(result)} predictions to {output} ({summary}{failed})")
+    _write_output(result, output)
+    predicted = result["prediction"].notna()
+    counts = result.loc[predicted, "domain"].value_counts()
+    summary = [f"{_rows(count)} -> {domain}" for domain, count in counts.items()]
+    unrouted = int((~predicted).sum()) - routes.failed_rows
+    if unrouted:
+        summary.append(f"{_rows(unrouted)} accepted by no domain")
     if routes.failures:
-        print(f"error: {_describe_failed_rows(routes, output, args)}", file=sys.stderr)
-        return ROWS_FAILED
-    if result["domain"].isna().all():
+        summary.append(f"{_rows(routes.failed_rows)} failed")
+    print(f"wrote {_rows(len(result))} to {output}: {', '.join(summary)}")
+    if not predicted.any() and not routes.failures:
         reasons = result["route"].dropna().unique()
         shown = "; ".join(str(reason) for reason in reasons[:3])
         more = f" (and {len(reasons) - 3} more reasons)" if len(reasons) > 3 else ""
         print(f"warning: no row of {args.file} was routed: {shown}{more}. The 'route' column of {output} "
               "gives the reason for each row.", file=sys.stderr)
         return NOTHING_ROUTED
-    return 0
+    if routes.failures:
+        print(f"error: {_describe_failed_rows(routes, output, args)}", file=sys.stderr)
+    if unrouted:
+        print(f"warning: {_rows(unrouted)} of {args.file} matched no domain and have no prediction. Their 'error' "
+              f"column in {output} gives the reason and the quarantine folder that keeps them; tag them, or "
+              "collect enough of them to train a new domain.", file=sys.stderr)
+    return ROWS_FAILED if routes.failures or unrouted else 0
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
@@ -183,14 +195,14 @@ def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, to
     exc.add_note(f"Rows 0 to {first_left - 1} were written to {output}{without}; rows {first_left} to "
                  f"{total_rows - 1} were not routed. Fix the rows above, then route rows {first_left} to "
                  f"{total_rows - 1} again.")
-    _write_frame(written, output)
+    _write_output(written, output)
     return exc
 
 
 def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
     """Return one line on the failed rows: how many, where they are kept, how to route them again."""
     failures = routes.failures
-    ranges = ", ".join(f"{f.first_row}-{f.last_row}" for f in failures[:3])
+    ranges = ", ".join(str(f.first_row) if f.rows == 1 else f"{f.first_row}-{f.last_row}" for f in failures[:3])
     folders = ", ".join(f.quarantine_path for f in failures[:3])
     if len(failures) > 3:
         ranges += f" and {len(failures) - 3} more batches"
@@ -201,7 +213,7 @@ def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Na
         options += f" --tag {shlex.quote(args.tag)}"
     if args.tag_column != TAG_COLUMN:
         options += f" --tag-column {shlex.quote(args.tag_column)}"
-    return (f"{routes.failed_rows} of {len(routes.predictions)} rows failed validation or routing (rows {ranges}) "
+    return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} failed validation or routing (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
             f"Fix them and route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT{options}`.")
 
@@ -340,10 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "lists the domain, version and chain depth of every stage. A batch of --batch-size rows that "
                     "fails validation or routing is quarantined with every column, its rows are written without "
                     "a prediction and with the reason and the quarantine folder in the 'error' and 'quarantine' "
-                    "columns, and the other batches are routed. Exit code: 0 when at least one row was routed "
-                    f"and no batch failed, {NOTHING_ROUTED} when no row was routed (the 'route' column says why), "
-                    f"{ROWS_FAILED} when a batch failed, 2 on an error (with --fail-fast, after writing the rows "
-                    "routed before it).")
+                    "columns, and the other batches are routed. Exit code: 0 when every row has a prediction, "
+                    f"{NOTHING_ROUTED} when no row was routed (the 'route' column says why), {ROWS_FAILED} when a "
+                    "batch failed or no domain accepts some rows (the 'error' column says why), 2 on an error "
+                    "(with --fail-fast, after writing the rows routed before it).")
     route.add_argument("file", type=Path, help="input rows, .csv or .parquet")
     route.add_argument("--tag", default=None, help="one tag for every row, e.g. vision/digits (the file must not "
                                                    "have a tag column then)")
@@ -419,6 +431,14 @@ def _check_output(output: Path, source: Path) -> None:
     if blocking is not None and not blocking.is_dir():
         raise InputError(f"The output file {output} cannot be created because {blocking} is a file; pass a path "
                          "inside a folder.")
+    # Creating a file in the output folder finds a folder that cannot take files before any row is routed.
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise InputError(f"The output file {output} cannot be written ({exc.strerror or exc}); pass a path in a "
+                         "folder you can write to with -o.") from exc
 
 
 def _check_suffix(path: Path, role: str) -> None:
@@ -440,6 +460,15 @@ def _read_frame(path: Path) -> pd.DataFrame:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"Cannot read {path}: {first_line.rstrip('.')}. Check that it is a valid {path.suffix} file.") from exc
+
+
+def _write_output(frame: pd.DataFrame, path: Path) -> None:
+    """Write route's predictions, raising StorageError that names ``path`` when it fails."""
+    try:
+        _write_frame(frame, path)
+    except OSError as exc:
+        raise StorageError(f"Writing the predictions to {path} failed ({exc.strerror or exc}); the quarantined "
+                           "batches are kept. Free space or pass another path with -o, and route the file again.") from exc
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:

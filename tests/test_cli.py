@@ -144,7 +144,7 @@ class TestRoute:
         assert set(result["version"]) == {1}
         assert result["route"][1].startswith("tag 'vision/digits/uci' -> registered tag 'vision/digits'")
         assert result["route"][0].startswith("inferred: 'vision/digits' accepts")
-        assert out.strip() == f"wrote 50 predictions to {project / 'batch.predictions.csv'} (50 rows -> {DOMAIN})"
+        assert out.strip() == f"wrote 50 rows to {project / 'batch.predictions.csv'}: 50 rows -> {DOMAIN}"
 
     def test_parquet_with_tag_option(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].drop(columns=["label"])
@@ -168,13 +168,16 @@ class TestRoute:
         rows.loc[rows.index[10:], rows.columns != "label"] = 16.0
         rows.assign(tag=["vision/digits"] * 10 + [""] * 10).to_csv(project / "batch.csv", index=False)
 
-        code, out, _ = run(project, capsys, "route", str(project / "batch.csv"), "--no-validate")
+        code, out, err = run(project, capsys, "route", str(project / "batch.csv"), "--no-validate")
 
-        assert code == 0
+        assert code == ROWS_FAILED
         result = pd.read_csv(project / "batch.predictions.csv")
         assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 10
         assert result["route"][15].startswith("unrouted: ")
-        assert "10 rows -> no domain" in out
+        assert result["error"].isna().tolist() == [True] * 10 + [False] * 10
+        assert result["error"][15] == result["route"][15]
+        assert "10 rows -> vision/digits, 10 rows accepted by no domain" in out
+        assert err.startswith("warning: 10 rows of ")
 
     @pytest.mark.parametrize(
         ("make_file", "extra", "pattern"),
@@ -309,12 +312,59 @@ class TestRoute:
             kept = pd.read_parquet(folder / "batch.parquet")
             pd.testing.assert_frame_equal(kept, rows.reset_index(drop=True).iloc[first : last + 1])
         assert len(list(system_of(project).params.paths.quarantine.iterdir())) == 2
-        assert out.strip().endswith(f"(30 rows -> {DOMAIN}; 20 rows failed)")
+        assert out.strip().endswith(f": 30 rows -> {DOMAIN}, 20 rows failed")
         lines = err.strip().splitlines()
         assert len(lines) == 1
         assert lines[0].startswith("error: 20 of 50 rows failed validation or routing (rows 10-19, 30-39)")
         assert str(result["quarantine"][30]) in lines[0]
         assert "route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT`" in lines[0]
+
+    def test_text_cell_fails_only_its_batch(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].astype({"px_20": object})
+        rows.loc[rows.index[25], "px_20"] = "abc"
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, out, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN,
+                             "--batch-size", "10", "--no-progress")
+
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert code == ROWS_FAILED
+        assert result["prediction"].isna().tolist() == [False] * 20 + [True] * 10
+        assert "'abc'" in result["error"][20]
+        kept = pd.read_parquet(Path(result["quarantine"][20]) / "batch.parquet")
+        assert kept["px_20"].tolist()[5] == "abc"
+        assert out.strip().endswith(f": 20 rows -> {DOMAIN}, 10 rows failed")
+        assert "(rows 20-29)" in err
+
+    def test_unvalidated_nan_batch_is_quarantined(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[14], "px_07"] = np.nan
+        rows.loc[rows.index[20], "px_08"] = np.inf
+        rows.to_parquet(project / "batch.parquet")
+
+        code, out, err = run(project, capsys, "route", str(project / "batch.parquet"), "--tag", DOMAIN,
+                             "--batch-size", "10", "--no-validate", "--no-progress")
+
+        result = pd.read_parquet(project / "batch.predictions.parquet")
+        assert code == ROWS_FAILED
+        assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 20
+        assert "first nan in column 'px_07' (rows with index 14)" in result["error"][10]
+        assert "first inf in column 'px_08' (rows with index 20)" in result["error"][20]
+        kept = pd.read_parquet(Path(result["quarantine"][10]) / "batch.parquet")
+        assert len(kept) == 10
+        assert np.isnan(kept["px_07"].iloc[4])
+        assert "(rows 10-19, 20-29)" in err
+
+    def test_unwritable_output_fails_first(self, project, capsys, uci_digits):
+        uci_digits.test.iloc[:10].to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN,
+                           "-o", "/proc/mycelium-test/out.csv", "--no-progress")
+
+        assert code == 2
+        assert err.startswith("error: The output file /proc/mycelium-test/out.csv cannot be written")
+        assert "pass a path in a folder you can write to" in err
+        assert system_of(project).controller.domain(DOMAIN).locality.uses == 0
 
     def test_quarantined_batch_routes_again(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].assign(tag="audio/speech")
@@ -582,7 +632,7 @@ class TestChainedDomain:
         assert err.startswith("warning: no row of ")
         assert len(err.strip().splitlines()) == 1
         assert "--tag vision/digit-pairs" in err
-        assert "20 rows -> no domain" in out
+        assert "20 rows accepted by no domain" in out
         result = pd.read_csv(chained_project / "pairs.predictions.csv")
         assert result["prediction"].isna().all()
         assert "tag the rows 'vision/digit-pairs' (e.g. `--tag vision/digit-pairs`)" in result["route"][0]

@@ -363,6 +363,8 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
         )
     if validate:
         _validate_part(system, domain, rows, subgraph.info["expectations"], name)
+    else:
+        _require_numbers(system, domain, rows, subgraph.schema.columns, name)
     served = subgraph.predict(rows)
     if upstream:
         upstream.append(StageRecord("(requested)", domain, record.version, tuple(record.patches), served.depth))
@@ -468,6 +470,33 @@ def untagged_chained_reason(domain: str) -> str:
     """Return why untagged rows in the request format of chained ``domain`` are not routed, and the fix."""
     return (f"the columns are the request columns of chained domain {domain!r}, which domain inference "
             f"cannot route; tag the rows {domain!r} (e.g. `--tag {domain}`)")
+
+
+def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns: Sequence[str], name: str) -> None:
+    """Quarantine ``rows`` and raise DataValidationError when an input column contains a value that is
+    not a finite number.
+
+    Without validation this is the one check left: the expert and its OOD check cannot score such
+    a value, and the batch would otherwise end in an error that keeps none of its rows.
+    """
+    values = rows[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    row_numbers, column_numbers = np.nonzero(bad)
+    column = columns[column_numbers[0]]
+    first = rows.index[row_numbers[0]]
+    value = rows.at[first, column]
+    value = value.item() if isinstance(value, np.generic) else value
+    reason = (f"{int(bad.any(axis=1).sum())} of {len(rows)} rows contain a value that is not a finite number, "
+              f"first {value!r} in column {column!r} (rows with index {first})")
+    path = quarantine_batch(rows, name=f"{domain}:{name}", reason=reason, quarantine_dir=system.params.paths.quarantine)
+    system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name, path=path, reason=reason)
+    raise DataValidationError(
+        f"Batch {name!r} for domain {domain!r} cannot be predicted: {reason}. It was quarantined in {path}; "
+        "replace or drop those values and route it again.",
+        quarantine_path=str(path),
+    )
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:

@@ -3,9 +3,9 @@
 Each batch is routed by ``route_batch``. A batch can fail validation or routing, for example
 with a value out of range, a tag that no domain has or a cold domain that failed its gate.
 Such a batch is quarantined whole, with every column as given, so it can be fixed and routed
-again. Its rows get no prediction,
-and their ``error`` and ``quarantine`` columns give the reason and the quarantine folder. The
-other batches are routed as usual.
+again. Its rows get no prediction, and their ``error`` and ``quarantine`` columns give the
+reason and the quarantine folder. The other batches are routed as usual. A row that no domain
+accepts gets no prediction either: its ``error`` is its route, which names the folder that keeps it.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def route_batches(
     stopped: MyceliumError | None = None
     try:
         for start in range(0, len(frame), batch_size):
-            batch = frame.iloc[start : start + batch_size]
+            batch = _numbers_from_text(frame.iloc[start : start + batch_size], keep=tag_column)
             batch_name = f"{name}-rows-{start}-{start + len(batch) - 1}"
             try:
                 routed = route_batch(system, batch, tag, tag_column=tag_column, validate=validate, name=batch_name)
@@ -144,7 +144,10 @@ def route_batches(
                     break
             else:
                 outcome = routed.to_frame(index=batch.index)
-                parts.append(outcome.assign(**{ERROR_COLUMN: None, QUARANTINE_COLUMN: None}))
+                # A row that no domain accepts has no prediction, and its route gives the reason and the folder that keeps it.
+                unrouted = outcome["domain"].isna()
+                parts.append(outcome.assign(**{ERROR_COLUMN: outcome["route"].where(unrouted, None),
+                                               QUARANTINE_COLUMN: None}))
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
@@ -152,6 +155,23 @@ def route_batches(
 
     predictions = pd.concat(parts) if parts else _failed_frame(pd.RangeIndex(0), None)
     return BatchedRoutes(predictions, failures, stopped)
+
+
+def _numbers_from_text(batch: pd.DataFrame, *, keep: str) -> pd.DataFrame:
+    """Return ``batch`` with each text column whose values all read as numbers converted to numbers.
+
+    A CSV reader gives a whole column text values when one cell of the file is not a number.
+    Converting batch by batch confines that cell's failure to its own batch, which keeps the
+    text as given. The ``keep`` column (the tags) stays text.
+    """
+    converted = {}
+    for column in batch.columns:
+        if column == keep or batch[column].dtype != object:
+            continue
+        numbers = pd.to_numeric(batch[column], errors="coerce")
+        if numbers.notna().sum() == batch[column].notna().sum():
+            converted[column] = numbers
+    return batch.assign(**converted) if converted else batch
 
 
 def _keep_failed_batch(system: Mycelium, batch: pd.DataFrame, exc: MyceliumError, name: str) -> FailedBatch:
