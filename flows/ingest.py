@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from mycelium.config import load_params  # noqa: E402
-from mycelium.errors import DataValidationError, InputError  # noqa: E402
+from mycelium.errors import DataValidationError, InputError, one_line  # noqa: E402
 from mycelium.orchestration.dashboard import publish_domains, publish_drift  # noqa: E402
 from mycelium.orchestration.events import flush_events  # noqa: E402
 from mycelium.orchestration.runtime import describe_ingest_outcome, orchestrated_system  # noqa: E402
@@ -48,7 +48,7 @@ def ingest_file(path: str, tag: str | None, params_path: str) -> list[dict]:
         try:
             result = system.ingest(frame.iloc[start : start + size].reset_index(drop=True), tag, name=name)
         except DataValidationError as exc:
-            outcomes.append({"batch": name, "quarantined": exc.quarantine_path, "error": str(exc).splitlines()[0]})
+            outcomes.append({"batch": name, "quarantined": exc.quarantine_path, "error": one_line(exc)})
             continue
         outcomes.append({"batch": name, "domain": result.domain, "version": result.version, "state": result.state,
                          "rows": result.rows, "accuracy": result.accuracy, "actions": result.actions})

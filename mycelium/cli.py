@@ -61,6 +61,7 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from mycelium.routing.controller import TABLE_FILE
     from mycelium.system import domain_rows
 
     system = _system(args)
@@ -76,6 +77,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         _print_table(rows)
+    table_file = system.controller.directory / TABLE_FILE
+    if not table_file.exists():
+        print(f"warning: {table_file} does not exist, so no domain is registered. The project folder is the "
+              f"folder of --params ({args.params.resolve().parent}); run the pipeline there first (make repro), "
+              "or pass the params.yaml of a project that has run it.", file=sys.stderr)
     return 0
 
 
@@ -208,6 +214,7 @@ def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Na
         ranges += f" and {len(failures) - 3} more batches"
         folders += f" and {len(failures) - 3} more (see the 'quarantine' column)"
     where = "The failed batch is kept in" if len(failures) == 1 else "The failed batches are kept in"
+    rerun = shlex.quote(str(Path(failures[0].quarantine_path) / "batch.parquet")) if len(failures) == 1 else "FOLDER/batch.parquet"
     options = ""
     if args.tag is not None:
         options += f" --tag {shlex.quote(args.tag)}"
@@ -215,7 +222,7 @@ def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Na
         options += f" --tag-column {shlex.quote(args.tag_column)}"
     return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} failed validation or routing (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
-            f"Fix them and route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT{options}`.")
+            f"Fix them and route each again with `mycelium route {rerun} -o OUTPUT{options}`.")
 
 
 def _column_list(frame: pd.DataFrame) -> str:
@@ -379,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Restore DOMAIN's routing record (subgraph version, patches, tags, state) as it was right "
                     "after table change VERSION. The restore is a new table version; the history is kept.")
     rollback.add_argument("domain", help="domain name, e.g. vision/digits")
-    rollback.add_argument("--to", type=int, required=True, metavar="VERSION",
-                          help="table version to restore, as listed by `mycelium history DOMAIN`")
+    rollback.add_argument("--to", type=_version_number, required=True, metavar="VERSION",
+                          help="table version to restore, as listed by `mycelium history DOMAIN` (15 or v15)")
     rollback.add_argument("--reason", default=None, help="reason recorded in the history")
     rollback.set_defaults(handler=cmd_rollback)
 
@@ -477,6 +484,14 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path, index=False)
+
+
+def _version_number(text: str) -> int:
+    """Parse a table version as ``history`` prints it (``v15``) or as a plain number."""
+    digits = text[1:] if text[:1].lower() == "v" else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid table version {text!r}; pass a number such as 15 or v15")
+    return int(digits)
 
 
 def _table_version(system: Any, version: int) -> int:

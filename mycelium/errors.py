@@ -58,3 +58,9 @@ class RememberTimeoutError(MyceliumError, TimeoutError):
 class InputError(MyceliumError, ValueError):
     """A data file or argument given to Mycelium is missing, unreadable or inconsistent,
     for example a file that does not exist or a column that a command needs."""
+
+
+def one_line(exc: BaseException) -> str:
+    """Return the message of ``exc`` on one line, for event logs and flow results."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) or type(exc).__name__

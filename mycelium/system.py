@@ -39,6 +39,7 @@ from mycelium.errors import (
     RememberTimeoutError,
     RoutingError,
     StorageError,
+    one_line,
 )
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
@@ -252,7 +253,7 @@ class Mycelium:
                           quarantine_dir=self.params.paths.quarantine)
         except DataValidationError as exc:
             self.events.emit("batch_quarantined", step=self.step, domain=domain, batch=name,
-                             path=exc.quarantine_path, reason=str(exc).splitlines()[0])
+                             path=exc.quarantine_path, reason=one_line(exc))
             raise
 
         prediction = subgraph.predict(batch)

@@ -335,6 +335,7 @@ class TestRoute:
         assert kept["px_20"].tolist()[5] == "abc"
         assert out.strip().endswith(f": 20 rows -> {DOMAIN}, 10 rows failed")
         assert "(rows 20-29)" in err
+        assert f"`mycelium route {result['quarantine'][20]}/batch.parquet -o OUTPUT --tag {DOMAIN}`" in err
 
     def test_unvalidated_nan_batch_is_quarantined(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].copy()
@@ -496,7 +497,7 @@ class TestPatchAndRollback:
     def test_history_and_past_status(self, project, capsys, mnist_digits):
         self.train_patch(project, capsys, mnist_digits)
         system_of(project).controller.add_alias("images/digits", DOMAIN, reason="old client tag")
-        run(project, capsys, "rollback", DOMAIN, "--to", "2")
+        run(project, capsys, "rollback", DOMAIN, "--to", "v2")
 
         code, out, _ = run(project, capsys, "history", DOMAIN)
 
@@ -513,6 +514,20 @@ class TestPatchAndRollback:
         assert [(row["version"], row["patches"]) for row in json.loads(out)] == [(2, 1)]
         code, out, _ = run(project, capsys, "status", "--at", "1970-01-01T00:00:00")
         assert (code, out.strip()) == (0, "(no domains registered)")
+
+    def test_status_warns_without_table(self, project, capsys):
+        elsewhere = project / "elsewhere"
+        elsewhere.mkdir()
+        shutil.copy(project / "params.yaml", elsewhere / "params.yaml")
+
+        code, out, err = run(elsewhere, capsys, "status")
+
+        assert code == 0
+        assert out.strip() == "(no domains registered)"
+        assert err.startswith("warning: ")
+        assert "routing_table.json does not exist" in err
+        assert f"the folder of --params ({elsewhere})" in err
+        assert run(project, capsys, "status")[2] == ""
 
     @pytest.mark.parametrize(
         ("args", "pattern"),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError
+from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError, one_line
 from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
 from mycelium.routing.chains import ChainPlan, ChainStage
@@ -507,5 +507,5 @@ def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict
                       quarantine_rows=rows)
     except DataValidationError as exc:
         system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name,
-                           path=exc.quarantine_path, reason=str(exc).splitlines()[0])
+                           path=exc.quarantine_path, reason=one_line(exc))
         raise
