@@ -241,9 +241,12 @@ class Mycelium:
             if not result.passed:
                 path = quarantine_batch(batch, name=name, reason=f"domain {domain} failed its validation gate",
                                         quarantine_dir=self.params.paths.quarantine)
+                fix = "Retry after fixing the stored bundle or roll back with `mycelium remember`."
+                if result.expectations_passed is False:
+                    fix = ("The batch breaks the domain's expectations, so correct those values and send it again; "
+                           "the domain stays cold until then.")
                 raise RoutingError(
-                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. "
-                    "Retry after fixing the stored bundle or roll back with `mycelium remember`."
+                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. {fix}"
                 )
         subgraph = self.subgraph(domain)
         served_by = self.controller.domain(domain)
