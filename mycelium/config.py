@@ -266,7 +266,8 @@ class Remembering(_Settings):
     """Fine-tune and validation-gate settings of Remembering.
 
     ``wait_timeout_s`` is how long a request waits for another process that is restoring
-    the same domain before it raises ``RememberTimeoutError``.
+    the same domain before it raises ``RememberTimeoutError``. A patch training waits as
+    long for the domain's lock before it raises ``DomainBusyError``.
     """
 
     finetune_lr: float = Field(gt=0)

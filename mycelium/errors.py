@@ -55,6 +55,11 @@ class RememberTimeoutError(MyceliumError, TimeoutError):
         self.quarantine_path = quarantine_path
 
 
+class DomainBusyError(MyceliumError, TimeoutError):
+    """A patch training waited longer than ``remembering.wait_timeout_s`` for another process
+    that held the domain's lock (training, freezing or restoring it)."""
+
+
 class InputError(MyceliumError, ValueError):
     """A data file or argument given to Mycelium is missing, unreadable or inconsistent,
     for example a file that does not exist or a column that a command needs."""

@@ -33,6 +33,7 @@ from mycelium.drift.policy import Action, Decision, DomainSignals, decide
 from mycelium.drift.reference import ReferenceMonitor
 from mycelium.errors import (
     DataValidationError,
+    DomainBusyError,
     EmptyDataError,
     IllegalTransitionError,
     InputError,
@@ -242,9 +243,12 @@ class Mycelium:
             if not result.passed:
                 path = quarantine_batch(batch, name=name, reason=f"domain {domain} failed its validation gate",
                                         quarantine_dir=self.params.paths.quarantine)
+                fix = "Retry after fixing the stored bundle or roll back with `mycelium remember`."
+                if result.expectations_passed is False:
+                    fix = ("The batch breaks the domain's expectations, so correct those values and send it again; "
+                           "the domain stays cold until then.")
                 raise RoutingError(
-                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. "
-                    "Retry after fixing the stored bundle or roll back with `mycelium remember`."
+                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. {fix}"
                 )
         subgraph = self.subgraph(domain)
         served_by = self.controller.domain(domain)
@@ -444,6 +448,10 @@ class Mycelium:
         meet the domain's expectations, as served batches do. The collected drift rows met them
         when they were ingested, so they are not checked again.
 
+        One training per domain runs at a time. The domain's lock, which ``remember`` and
+        ``freeze`` also take, is held from reading the routing table to committing the new
+        version, so a second process waits, then trains its patch on top of the first one's.
+
         Args:
             name: name of ``data`` in messages and in the quarantine folder, e.g. its file name.
 
@@ -451,8 +459,41 @@ class Mycelium:
             InputError: ``data`` lacks input columns of the domain or has rows without a label.
             DataValidationError: ``data`` failed the domain's expectations. It was quarantined
                 with every column as given, and no patch was trained.
+            DomainBusyError: another process held the domain's lock for longer than
+                ``remembering.wait_timeout_s``; no patch was trained.
         """
-        # Another process may have patched or restored the domain since this one read the table.
+        self.controller.reload()
+        self.controller.domain(domain)  # An unknown domain fails here, before a lock file is made for it.
+        lock = self._acquire_training_lock(domain)
+        try:
+            return self._train_patch_locked(domain, data, name)
+        finally:
+            lock.release()
+
+    def _acquire_training_lock(self, domain: str) -> FileLock:
+        """Take ``domain``'s lock for a patch training, waiting up to ``remembering.wait_timeout_s``."""
+        lock = self._domain_lock(domain)
+        try:
+            lock.acquire(timeout=0)
+            return lock
+        except Timeout:
+            pass
+        timeout = self.params.remembering.wait_timeout_s
+        self.events.emit("patch_waiting", step=self.step, domain=domain, timeout_s=timeout)
+        logger.info("Patch training for %r waits up to %g s for the domain lock held by another process", domain, timeout)
+        started = time.perf_counter()
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise DomainBusyError(
+                f"Patch training for {domain!r} timed out after {time.perf_counter() - started:.1f} s waiting for "
+                f"another process that is training, freezing or restoring it (remembering.wait_timeout_s="
+                f"{timeout:g}). Run it again once that process has finished, or raise remembering.wait_timeout_s."
+            ) from None
+        return lock
+
+    def _train_patch_locked(self, domain: str, data: pd.DataFrame | None, name: str) -> PatchReport:
+        # Another process may have patched or restored the domain while this one waited for the lock.
         self.controller.reload()
         if data is None:
             data = pd.concat(self._drift_rows.get(domain, []), ignore_index=True) if domain in self._drift_rows else pd.DataFrame()
@@ -472,7 +513,8 @@ class Mycelium:
                                fp32_bytes=patched.fp32_bytes(),
                                patches=[*record.patches, f"patch-{patched.depth}"])
         self._hot[domain] = patched
-        self._hot_dirs[domain] = None
+        # The copy in memory matches this directory, so a later patch from another process replaces it.
+        self._hot_dirs[domain] = model_dir
         self._save_reference(domain, patched.depth, data)
         self._drift_rows.pop(domain, None)
         self._performance.pop(domain, None)

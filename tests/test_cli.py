@@ -564,7 +564,7 @@ class TestPatchAndRollback:
              r"has 3 rows without a 'label' value"),
             (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
             (lambda rows: rows.iloc[:0], DOMAIN, r"has no rows; train-patch needs labelled rows"),
-            (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 10 labelled rows"),
+            (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 400 labelled rows"),
             (lambda rows: rows, DOMAIN, r"got 20 rows, so its held-out part has 4; .* needs \d+ held-out rows\. "
                                         r"Collect at least \d+ labelled rows"),
             (lambda rows: rows, "audio/speech", r"Unknown domain 'audio/speech'"),

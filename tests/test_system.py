@@ -5,6 +5,7 @@ import gc
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +296,70 @@ def test_failed_push_freezes_once_then_retries(system, params, clock):
     assert len(system.events.of_kind("push_retried")) == 1
     assert system.store.version_names(DOMAIN) == ["v0001"]
     assert any(path.is_file() for path in remote.rglob("*"))
+
+
+# Trains one patch for the domain in a separate process and prints the new depth.
+PATCH_CHILD = """
+import sys
+import time
+import pandas as pd
+from mycelium.config import Params
+from mycelium.system import Mycelium
+
+params = Params.model_validate_json(open(sys.argv[1]).read())
+report = Mycelium(params).train_patch(sys.argv[2], data=pd.read_parquet(sys.argv[3]), name=sys.argv[4])
+print(report.depth, flush=True)
+"""
+CHILD_TIMEOUT_S = 300
+
+
+def test_concurrent_patch_trainings_keep_both(system, params, tmp_path, mnist_digits):
+    settings = params.model_copy(update={"patch": params.patch.model_copy(update={"epochs": 1})})
+    settings_file = tmp_path / "child-params.json"
+    settings_file.write_text(settings.model_dump_json())
+    events_file = system.root / "events.jsonl"
+    children = []
+
+    # Both processes start while this one holds the domain's lock, so without the lock in
+    # train_patch both would read the unpatched version and the second commit would drop a patch.
+    with system._domain_lock(DOMAIN):
+        for name, rows in (("a", mnist_digits.train.iloc[:400]), ("b", mnist_digits.train.iloc[400:800])):
+            rows.to_parquet(tmp_path / f"{name}.parquet")
+            children.append(subprocess.Popen(
+                [sys.executable, "-c", PATCH_CHILD, str(settings_file), DOMAIN, str(tmp_path / f"{name}.parquet"),
+                 f"{name}.parquet"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while sum(e["event"] == "patch_waiting" for e in read_events(events_file)) < 2:
+            assert time.monotonic() < deadline, "the two trainings did not both wait for the domain's lock"
+            assert all(child.poll() is None for child in children), [c.communicate() for c in children]
+            time.sleep(0.2)
+
+    outputs = [child.communicate(timeout=CHILD_TIMEOUT_S) for child in children]
+    assert [child.returncode for child in children] == [0, 0], [err for _, err in outputs]
+    assert sorted(int(out.strip()) for out, _ in outputs) == [1, 2]
+    record = system.controller.reload().domains[DOMAIN]
+    assert record.patches == ["patch-1", "patch-2"]
+    assert load_subgraph(system.root / record.model_dir).depth == 2
+    reasons = [change["reason"] for change in system.controller.history(DOMAIN)]
+    assert sum(reason.startswith("patch 1 trained on 400") for reason in reasons) == 1
+    assert sum(reason.startswith("patch 2 trained on 400") for reason in reasons) == 1
+
+
+def test_patch_training_times_out_on_busy_domain(system, params, tmp_path, mnist_digits):
+    settings = params.model_copy(update={"remembering": params.remembering.model_copy(update={"wait_timeout_s": 1})})
+    settings_file = tmp_path / "child-params.json"
+    settings_file.write_text(settings.model_dump_json())
+    mnist_digits.train.iloc[:400].to_parquet(tmp_path / "a.parquet")
+
+    with system._domain_lock(DOMAIN):
+        child = subprocess.run(
+            [sys.executable, "-c", PATCH_CHILD, str(settings_file), DOMAIN, str(tmp_path / "a.parquet"), "a.parquet"],
+            capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+        )
+
+    assert child.returncode == 1
+    assert "DomainBusyError: Patch training for 'vision/digits' timed out after" in child.stderr
+    assert "remembering.wait_timeout_s=1)" in child.stderr
+    assert system.controller.reload().domains[DOMAIN].patches == []

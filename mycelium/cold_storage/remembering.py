@@ -22,7 +22,7 @@ from mycelium.errors import ConfigError, IntegrityError, StorageError
 from mycelium.events import EventLog
 from mycelium.experts.training import fit
 from mycelium.subgraph import Subgraph
-from mycelium.validation.expectations import spec_for_rows, validate_frame
+from mycelium.validation.expectations import ValidationReport, spec_for_rows, validate_frame
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,7 +44,8 @@ class RememberResult:
     because a fine-tune that fails the gate falls back to the restored model, as
     ``finetune_note`` records. ``restore_seconds`` covers checkout, hash checks,
     dequantization and building the subgraph. ``waited_seconds`` is the time spent waiting
-    for another process that held the domain's lock.
+    for another process that held the domain's lock. ``expectations_failures`` names each
+    column of the recent rows that broke an expectation, with its offending values.
     """
 
     domain: str
@@ -59,6 +60,7 @@ class RememberResult:
     finetuned_accuracy: float | None = None
     gate_accuracy: float | None = None
     expectations_passed: bool | None = None
+    expectations_failures: list[str] = field(default_factory=list)
     skipped_versions: list[str] = field(default_factory=list)
     waited_seconds: float = 0.0
     subgraph: Subgraph | None = None
@@ -118,6 +120,26 @@ def _inputs_moved(buffer: pd.DataFrame, recent: pd.DataFrame, params: Params, co
     return moved, f"recent inputs vs buffer: {result.status.value} (score {result.score}, threshold {result.threshold})"
 
 
+def _validate_recent(recent: pd.DataFrame, expectations: dict[str, Any], domain: str) -> ValidationReport:
+    """Validate the recent rows on the domain's input columns and label only, as serving does.
+
+    Other columns, such as an ``id`` or the columns of another domain in a mixed file, are not
+    the domain's inputs and are ignored. A missing input column still fails.
+    """
+    spec = spec_for_rows(expectations, recent)
+    columns = [column for column in spec["columns"] if column in recent.columns]
+    return validate_frame(recent[columns], spec, name=f"{domain}:recent")
+
+
+def _describe_failures(report: ValidationReport) -> list[str]:
+    """Return one line per failed expectation: the column, the expectation and the offending values."""
+    return [
+        f"{'table' if failure.column is None else f'column {failure.column!r}'} "
+        f"{failure.expectation}: {failure.observed}"
+        for failure in report.failures
+    ]
+
+
 def _finetune(subgraph: Subgraph, rows: pd.DataFrame, loaded: LoadedBundle, params: Params) -> tuple[Subgraph | None, str]:
     """Fine-tune a copy at a low learning rate on buffer rows plus SMOTE rows.
 
@@ -149,7 +171,7 @@ def _gate_failures(accuracy: float, result: RememberResult, tolerance: float) ->
     """Return why a model with held-out ``accuracy`` fails the gate; empty when it passes."""
     failures = []
     if result.expectations_passed is False:
-        failures.append("recent inputs break the data expectations")
+        failures.append(f"recent inputs break the data expectations: {'; '.join(result.expectations_failures)}")
     if not np.isfinite(accuracy) or accuracy < result.recorded_accuracy - tolerance:
         failures.append(
             f"held-out buffer accuracy {accuracy:.3f} is more than {tolerance:.3f} below "
@@ -173,8 +195,8 @@ def restore_and_gate(
     A version whose files fail their md5 or sha256 check, here and on the DVC remote, is
     skipped with a ``bundle_rejected`` event, and the next one is tried.
 
-    The gate passes a model when the recent inputs meet the bundle's data expectations and
-    its accuracy on the held-out buffer rows is at most ``remembering.gate_tolerance`` below
+    The gate passes a model when the recent inputs meet the bundle's data expectations on the
+    domain's input columns and label (other columns are ignored, as in serving) and its accuracy on the held-out buffer rows is at most ``remembering.gate_tolerance`` below
     the accuracy recorded before the domain was frozen. When the recent inputs moved away
     from the buffer, a fine-tuned copy is judged first. It is rejected when it fails the gate
     or lowers the restored model's accuracy by more than the tolerance (forgetting). The
@@ -203,8 +225,9 @@ def restore_and_gate(
     if recent is None:
         result.finetune_note = "no recent inputs given; fine-tune skipped"
     else:
-        spec = spec_for_rows(loaded.expectations, recent)
-        result.expectations_passed = validate_frame(recent, spec, name=f"{domain}:recent").success
+        report = _validate_recent(recent, loaded.expectations, domain)
+        result.expectations_passed = report.success
+        result.expectations_failures = _describe_failures(report)
         result.finetune_note = "recent inputs break the data expectations; fine-tune skipped"
     if result.expectations_passed:
         moved, why = _inputs_moved(tune, recent, params, columns)

@@ -41,6 +41,23 @@ class PatchReport:
     expert_sha256_after: str
 
 
+# Fewer rows than this never train a patch, whatever the OOD settings.
+MIN_PATCH_ROWS = 10
+
+
+def _holdout_size(n_rows: int, holdout_fraction: float) -> int:
+    return max(1, int(round(holdout_fraction * n_rows)))
+
+
+def min_patch_rows(needed_holdout: int, holdout_fraction: float) -> int:
+    """Return how many labelled rows give a held-out part of ``needed_holdout`` rows, and at least MIN_PATCH_ROWS.
+
+    Rounding the held-out part may reach the target one or two rows earlier, so this is a
+    sufficient count that a user can check by hand, not always the smallest.
+    """
+    return max(MIN_PATCH_ROWS, math.ceil(needed_holdout / holdout_fraction))
+
+
 def train_patch(
     subgraph: Subgraph,
     frame: pd.DataFrame,
@@ -60,9 +77,16 @@ def train_patch(
     reference is a domain check whose autoencoder takes the ``autoencoder`` settings (default:
     those of ``fit_domain_check``).
     """
-    if len(frame) < 10:
+    needed_holdout = math.ceil(min_tail_samples / target_fpr)
+    needed_rows = min_patch_rows(needed_holdout, holdout_fraction)
+    if len(frame) < MIN_PATCH_ROWS:
+        reason = ""
+        if needed_rows > MIN_PATCH_ROWS:
+            reason = (f", because calibrating the new depth's OOD check needs {needed_holdout} held-out rows "
+                   f"(ood.min_tail_samples={min_tail_samples} / ood.target_fpr={target_fpr})")
         raise EmptyDataError(
-            f"Patch training for {subgraph.domain!r} got {len(frame)} rows; collect at least 10 labelled rows."
+            f"Patch training for {subgraph.domain!r} got {len(frame)} rows; collect at least {needed_rows} "
+            f"labelled rows{reason}."
         )
     if "label" not in frame:
         raise DataValidationError(f"Patch data for {subgraph.domain!r} has no 'label' column; add the true class of each row.")
@@ -75,14 +99,13 @@ def train_patch(
             f"0..{n_classes - 1}, e.g. {invalid.iloc[:3].tolist()} at rows {invalid.index[:3].tolist()}; "
             "fix those labels or train a new expert for the new classes."
         )
-    n_holdout = max(1, int(round(holdout_fraction * len(frame))))
-    needed_holdout = math.ceil(min_tail_samples / target_fpr)
+    n_holdout = _holdout_size(len(frame), holdout_fraction)
     if n_holdout < needed_holdout:
         raise EmptyDataError(
             f"Patch training for {subgraph.domain!r} got {len(frame)} rows, so its held-out part has "
             f"{n_holdout}; calibrating the new depth's OOD check at target_fpr={target_fpr} with "
             f"min_tail_samples={min_tail_samples} needs {needed_holdout} held-out rows. Collect at least "
-            f"{math.ceil(needed_holdout / holdout_fraction)} labelled rows, or raise ood.target_fpr in params.yaml."
+            f"{needed_rows} labelled rows, or raise ood.target_fpr in params.yaml."
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))

@@ -377,10 +377,14 @@ def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str):
     if record.state == State.COLD.value:
         result = system.remember(domain, recent=rows)
         if not result.passed:
+            fix = (f"Fix the stored bundle or choose a version with `mycelium remember {domain} --version VERSION`, "
+                   "then route the batch again.")
+            if result.expectations_passed is False:
+                fix = (f"These rows break the domain's expectations, so correct those values and route them again. "
+                       f"{domain!r} stays cold until a batch that meets its expectations requests it.")
             raise RoutingError(
                 f"Domain {domain!r} could not be restored ({result.reason}), so its {len(rows)} rows of batch "
-                f"{name!r} were not predicted. Fix the stored bundle or choose a version with "
-                f"`mycelium remember {domain} --version VERSION`, then route the batch again."
+                f"{name!r} were not predicted. {fix}"
             )
         record = system.controller.domain(domain)
     return record

@@ -24,6 +24,7 @@ from mycelium.cold_storage.smote import SINGLE_CLASS_REASON
 from mycelium.config import Paths, Params, load_params
 from mycelium.errors import RoutingError, StorageError
 from mycelium.events import read_events
+from mycelium.routing.batch import route_batch
 from mycelium.routing.lifecycle import State
 from mycelium.routing.tags import safe_name
 from mycelium.system import Mycelium
@@ -173,14 +174,56 @@ def test_bad_recent_batch_fails_gate_and_is_quarantined(system, uci_digits):
     with pytest.raises(RoutingError, match="could not be restored") as raised:
         system.ingest(batch, tag=DOMAIN, name="bad-pixels")
 
-    assert "recent inputs break the data expectations" in str(raised.value)
+    message = str(raised.value)
+    assert "recent inputs break the data expectations" in message
+    assert "column 'px_20'" in message
+    assert "99.0" in message
+    assert "stored bundle" not in message
+    assert "correct those values" in message
     assert state(system) == State.COLD.value
     quarantined = list(system.params.paths.quarantine.rglob("batch.parquet"))
     assert len(quarantined) == 1
+    assert f"kept in {quarantined[0].parent}" in message
     assert len(pd.read_parquet(quarantined[0])) == len(batch)
     failed = event_fields(system, "gate_failed")
     assert failed["expectations_passed"] is False
     assert failed["finetune_note"] == "recent inputs break the data expectations; fine-tune skipped"
+
+
+def test_recent_batch_with_extra_columns_restores_domain(system, uci_digits):
+    # An id, a text note and another domain's column (NaN here, as in a mixed-tag file) are not
+    # inputs of the domain, so the gate ignores them as serving does.
+    system.freeze(DOMAIN, reason="test freeze")
+    batch = uci_digits.test.iloc[:85].reset_index(drop=True)
+    batch.insert(0, "id", np.arange(len(batch)))
+    batch["note"] = "scanned at desk 3"
+    batch["rainfall_mm"] = np.nan
+
+    routed = route_batch(system, batch, DOMAIN, name="extra-columns")
+
+    assert state(system) == State.HOT.value
+    passed = event_fields(system, "gate_passed")
+    assert passed["expectations_passed"] is True
+    assert passed["expectations_failures"] == []
+    assert list(routed.domain) == [DOMAIN] * len(batch)
+
+
+def test_bad_routed_rows_blame_the_batch(system, uci_digits):
+    system.freeze(DOMAIN, reason="test freeze")
+    batch = uci_digits.test.iloc[:85].reset_index(drop=True)
+    batch["id"] = np.arange(len(batch))
+    batch.loc[3, "px_20"] = 99.0
+
+    with pytest.raises(RoutingError, match="could not be restored") as raised:
+        route_batch(system, batch, DOMAIN, name="bad-pixel")
+
+    message = str(raised.value)
+    assert "column 'px_20'" in message
+    assert "99.0" in message
+    assert "rows with index 3" in message
+    assert "stored bundle" not in message
+    assert state(system) == State.COLD.value
+    assert event_fields(system, "gate_failed")["expectations_failures"][0].startswith("column 'px_20'")
 
 
 def test_unlabelled_recent_rows_pass_feature_checks(system, uci_digits):

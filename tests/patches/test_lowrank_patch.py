@@ -201,14 +201,35 @@ class TestTrainPatch:
         assert report.accuracy_after > report.accuracy_before + 0.05
         assert patched.patches[0].deltas()["body.0.weight"].abs().sum() > 0
 
-    def test_too_few_rows_raise(self, digits_cnn, mnist_digits):
-        with pytest.raises(EmptyDataError, match="got 9 rows"):
+    # min_tail_samples=4 at target_fpr=0.05 needs 80 held-out rows, which a 0.2 held-out
+    # fraction reaches by 400 rows (398 after rounding). The below-10 check and the held-out check both name 400.
+    @pytest.mark.parametrize("rows", [3, 9, 10, 397])
+    def test_too_few_rows_name_the_minimum(self, digits_cnn, mnist_digits, rows):
+        with pytest.raises(EmptyDataError) as raised:
+            train_patch(
+                digits_cnn,
+                mnist_digits.train.iloc[:rows],
+                Patch(rank=4, alpha=8.0, epochs=1, lr=0.003, default_min_samples=10),
+                target_fpr=0.05,
+                seed=0,
+                min_tail_samples=4,
+            )
+
+        message = str(raised.value)
+        assert f"got {rows} rows" in message
+        assert "at least 400 labelled rows" in message
+        assert "80 held-out rows" in message
+
+    def test_ten_row_floor_message(self, digits_cnn, mnist_digits):
+        # target_fpr=0.5 with 1 tail sample needs 2 held-out rows, so the floor of 10 rows decides.
+        with pytest.raises(EmptyDataError, match=r"got 9 rows; collect at least 10 labelled rows\.$"):
             train_patch(
                 digits_cnn,
                 mnist_digits.train.iloc[:9],
                 Patch(rank=4, alpha=8.0, epochs=1, lr=0.003, default_min_samples=10),
-                target_fpr=0.05,
+                target_fpr=0.5,
                 seed=0,
+                min_tail_samples=1,
             )
 
 
