@@ -363,9 +363,12 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
         )
     if validate:
         _validate_part(system, domain, rows, subgraph.info["expectations"], name)
-    else:
+    try:
+        served = subgraph.predict(rows)
+    except (ValueError, TypeError):
+        # Unvalidated rows can hold values that no expert scores: quarantine them if so.
         _require_numbers(system, domain, rows, subgraph.schema.columns, name)
-    served = subgraph.predict(rows)
+        raise
     if upstream:
         upstream.append(StageRecord("(requested)", domain, record.version, tuple(record.patches), served.depth))
     return served, record.version, upstream
@@ -478,10 +481,11 @@ def untagged_chained_reason(domain: str) -> str:
 
 def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns: Sequence[str], name: str) -> None:
     """Quarantine ``rows`` and raise DataValidationError when an input column contains a value that is
-    not a finite number.
+    not a finite number; return otherwise.
 
-    Without validation this is the one check left: the expert and its OOD check cannot score such
-    a value, and the batch would otherwise end in an error that keeps none of its rows.
+    Route calls it when an unvalidated batch failed to predict: the expert and its OOD check
+    cannot score such a value, and the batch would otherwise end in an error that keeps none of
+    its rows.
     """
     values = rows[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(values)
