@@ -1084,7 +1084,8 @@ class Mycelium:
             metrics={**record.metrics, "restore_seconds": result.restore_seconds},
         )
         self._hot[domain] = subgraph
-        self._hot_dirs[domain] = None
+        # The folder just saved, so that a later change by another process reloads the copy.
+        self._hot_dirs[domain] = model_dir
         self._monitors.pop(domain, None)
         self._performance.pop(domain, None)
         self._drift_rows.pop(domain, None)

@@ -211,6 +211,9 @@ def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str |
                 f"Tags were given both as the argument {tags!r} and as the column {tag_column!r}; "
                 f"pass only one of them, or drop the column."
             )
+        if not tags.strip():
+            raise InputError(f"The tag {tags!r} for every row is empty; pass a tag such as 'vision/digits', or "
+                             "tags=None to route untagged rows by domain inference.")
         return _cell_key(tags)
     if tags is None:
         if not has_column:

@@ -203,6 +203,7 @@ def test_use_counts_wait_for_flush(system, mixed):
         (lambda f: f.assign(tag="vision/digits"), "vision/digits", InputError, "both as the argument"),
         (lambda f: f.assign(tag="vision/digits"), ["vision/digits"] * 5, InputError, "both as a list"),
         (lambda f: f, [1, 2, 3, 4, 5], InputError, "Tag 1 is a int"),
+        (lambda f: f, " ", InputError, "The tag ' ' for every row is empty"),
         (lambda f: f.drop(columns=["px_00", "px_01"]), "vision/digits", InputError,
          r"missing columns \['px_00', 'px_01'\] that domain 'vision/digits' needs"),
     ],
