@@ -272,6 +272,21 @@ class TestRoute:
         assert "1 of 30 rows are not numbers: 'abc' (rows with index 25)" in column_lines[0]
         assert "Fix: Replace those values of 'px_20' with numbers" in column_lines[0]
 
+    def test_text_label_named_with_row(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].astype({"label": object})
+        rows.loc[rows.index[7], "label"] = "x"
+        rows.to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--fail-fast",
+                           "--no-progress")
+
+        label_lines = [line for line in err.splitlines() if "column 'label'" in line]
+        assert code == 2
+        assert len(label_lines) == 1, err
+        assert "1 of 30 rows not in " in label_lines[0]
+        assert ": 'x' (rows with index 7)" in label_lines[0]
+        assert "The column is text (object)" in label_lines[0]
+
     def test_column_failures_share_one_line(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].copy()
         rows.loc[rows.index[3], "px_10"] = 99.0

@@ -503,6 +503,13 @@ def _describe(
         )
 
     rows = _unexpected_rows(kind, column, result, frame, spec)
+    text_labels = kind not in ("not_null", "range") and frame[column].dtype == object
+    if text_labels:
+        # One text label makes a CSV reader load the whole column as text, and then a label
+        # such as '6' is not in the set either. Only the values that are no known class as numbers count.
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        unknown = frame[column].notna() & ~numbers.isin(spec["label_values"])
+        rows = tuple(int(row) for row in np.flatnonzero(unknown.to_numpy())) or rows
     values = frame[column].iloc[list(rows)]
     count = f"{len(rows)} of {len(frame)} rows"
     # The caller's index labels, which for `mycelium route` are the rows' 0-based numbers in the file.
@@ -526,6 +533,8 @@ def _describe(
             f"{_format_values(values.unique()[:_MAX_SHOWN_VALUES])} (rows with index {shown_rows})"
         )
         fix = f"Code {column!r} with the domain's known classes, or register the new classes."
+        if text_labels:
+            fix += f" The column is text ({frame[column].dtype}), so the other values must be class numbers too."
     return ValidationFailure(
         column=column,
         expectation=expectation,
