@@ -104,10 +104,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     evictions = system.sweep()
     for eviction in evictions:
         print(f"swept {eviction.domain}: {eviction.reason}")
-    kept = system.keep_reasons()
+    reasons = system.keep_reasons()
     if not evictions:
-        print("nothing to sweep" if kept else "nothing to sweep: no domain is hot")
-    for domain, reason in kept.items():
+        print("nothing to sweep" if reasons else "nothing to sweep: no domain is hot")
+    for domain, reason in reasons.items():
         print(f"kept {domain} hot: {reason}")
     return 0
 

@@ -792,11 +792,11 @@ class Mycelium:
         settings = self.params.cold_storage
         candidates = self._sweep_candidates()
         evicted = {e.domain for e in select_evictions(settings, candidates, now=self.clock())}
-        kept = [c for c in candidates if c.domain not in evicted]
-        hot_bytes = sum(c.hot_bytes for c in kept)
+        staying = [c for c in candidates if c.domain not in evicted]
+        hot_bytes = sum(c.hot_bytes for c in staying)
         return {c.domain: keep_reason(c, now=self.clock(), max_idle_s=settings.max_idle_s, hot_bytes=hot_bytes,
                                       budget_bytes=settings.hot_budget_bytes)
-                for c in kept}
+                for c in staying}
 
     def _sweep_candidates(self, *, exclude: str | None = None) -> list[SweepCandidate]:
         """Return every hot domain but ``exclude`` from a freshly read routing table."""

@@ -254,38 +254,31 @@ class TestRoute:
         assert result["prediction"].isna().all()
         assert result["error"][0].startswith("Batch 'vision/digits:batch-rows-0-4' (5 rows) failed 1 expectation(s)")
         assert "column 'px_20'" in result["error"][0]
-        kept = pd.read_parquet(Path(result["quarantine"][0]) / "batch.parquet")
-        pd.testing.assert_frame_equal(kept, rows.reset_index(drop=True))
+        quarantined = pd.read_parquet(Path(result["quarantine"][0]) / "batch.parquet")
+        pd.testing.assert_frame_equal(quarantined, rows.reset_index(drop=True))
         assert err.startswith("error: 5 of 5 rows failed validation or routing (rows 0-4)")
 
-    def test_text_value_named_with_row(self, project, capsys, uci_digits):
-        rows = uci_digits.test.iloc[:30].astype({"px_20": object})
-        rows.loc[rows.index[25], "px_20"] = "abc"
+    @pytest.mark.parametrize(
+        ("column", "row", "value", "expected"),
+        [
+            ("px_20", 25, "abc", ["1 of 30 rows are not numbers: 'abc' (rows with index 25)",
+                                  "Fix: Replace those values of 'px_20' with numbers"]),
+            ("label", 7, "x", ["1 of 30 rows not in ", ": 'x' (rows with index 7)", "The column is text (object)"]),
+        ],
+    )
+    def test_text_cell_named_with_row(self, project, capsys, uci_digits, column, row, value, expected):
+        rows = uci_digits.test.iloc[:30].astype({column: object})
+        rows.loc[rows.index[row], column] = value
         rows.to_csv(project / "batch.csv", index=False)
 
         code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--fail-fast",
                            "--no-progress")
 
-        column_lines = [line for line in err.splitlines() if "column 'px_20'" in line]
+        column_lines = [line for line in err.splitlines() if f"column {column!r}" in line]
         assert code == 2
         assert len(column_lines) == 1, err
-        assert "1 of 30 rows are not numbers: 'abc' (rows with index 25)" in column_lines[0]
-        assert "Fix: Replace those values of 'px_20' with numbers" in column_lines[0]
-
-    def test_text_label_named_with_row(self, project, capsys, uci_digits):
-        rows = uci_digits.test.iloc[:30].astype({"label": object})
-        rows.loc[rows.index[7], "label"] = "x"
-        rows.to_csv(project / "batch.csv", index=False)
-
-        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--fail-fast",
-                           "--no-progress")
-
-        label_lines = [line for line in err.splitlines() if "column 'label'" in line]
-        assert code == 2
-        assert len(label_lines) == 1, err
-        assert "1 of 30 rows not in " in label_lines[0]
-        assert ": 'x' (rows with index 7)" in label_lines[0]
-        assert "The column is text (object)" in label_lines[0]
+        for part in expected:
+            assert part in column_lines[0]
 
     def test_column_failures_share_one_line(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].copy()
@@ -324,8 +317,8 @@ class TestRoute:
         for first, last in [(10, 19), (30, 39)]:
             folder = Path(result["quarantine"][first])
             assert set(result["quarantine"][first : last + 1]) == {str(folder)}
-            kept = pd.read_parquet(folder / "batch.parquet")
-            pd.testing.assert_frame_equal(kept, rows.reset_index(drop=True).iloc[first : last + 1])
+            quarantined = pd.read_parquet(folder / "batch.parquet")
+            pd.testing.assert_frame_equal(quarantined, rows.reset_index(drop=True).iloc[first : last + 1])
         assert len(list(system_of(project).params.paths.quarantine.iterdir())) == 2
         assert out.strip().endswith(f": 30 rows -> {DOMAIN}, 20 rows failed")
         lines = err.strip().splitlines()
@@ -346,8 +339,8 @@ class TestRoute:
         assert code == ROWS_FAILED
         assert result["prediction"].isna().tolist() == [False] * 20 + [True] * 10
         assert "'abc'" in result["error"][20]
-        kept = pd.read_parquet(Path(result["quarantine"][20]) / "batch.parquet")
-        assert kept["px_20"].tolist()[5] == "abc"
+        quarantined = pd.read_parquet(Path(result["quarantine"][20]) / "batch.parquet")
+        assert quarantined["px_20"].tolist()[5] == "abc"
         assert out.strip().endswith(f": 20 rows -> {DOMAIN}, 10 rows failed")
         assert "(rows 20-29)" in err
         assert f"`mycelium route {result['quarantine'][20]}/batch.parquet -o OUTPUT --tag {DOMAIN}`" in err
@@ -366,9 +359,9 @@ class TestRoute:
         assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 20
         assert "first nan in column 'px_07' (rows with index 14)" in result["error"][10]
         assert "first inf in column 'px_08' (rows with index 20)" in result["error"][20]
-        kept = pd.read_parquet(Path(result["quarantine"][10]) / "batch.parquet")
-        assert len(kept) == 10
-        assert np.isnan(kept["px_07"].iloc[4])
+        quarantined = pd.read_parquet(Path(result["quarantine"][10]) / "batch.parquet")
+        assert len(quarantined) == 10
+        assert np.isnan(quarantined["px_07"].iloc[4])
         assert "(rows 10-19, 20-29)" in err
 
     def test_unwritable_output_fails_first(self, project, capsys, uci_digits):
@@ -435,8 +428,8 @@ class TestRoute:
         assert code == 2
         assert lines[0].startswith("error: Cannot route row 0 and 9 more rows tagged 'audio/speech'")
         assert lines[1].startswith("Rows 0 to 9 are kept in ")
-        kept = pd.read_parquet(Path(lines[1].removeprefix("Rows 0 to 9 are kept in ").rstrip(".")) / "batch.parquet")
-        assert kept["tag"].tolist() == ["audio/speech"] * 10
+        quarantined = pd.read_parquet(Path(lines[1].removeprefix("Rows 0 to 9 are kept in ").rstrip(".")) / "batch.parquet")
+        assert quarantined["tag"].tolist() == ["audio/speech"] * 10
 
     def test_folder_as_input_is_rejected(self, project, capsys):
         (project / "inputs.csv").mkdir()
@@ -605,8 +598,8 @@ class TestPatchAndRollback:
         assert "column 'px_20'" in err
         assert "(rows with index 7)" in err
         folder = Path(err.splitlines()[-1].split("quarantined in ")[1].rstrip("."))
-        kept = pd.read_parquet(folder / "batch.parquet")
-        pd.testing.assert_frame_equal(kept, pd.read_csv(project / "noisy.csv"))
+        quarantined = pd.read_parquet(folder / "batch.parquet")
+        pd.testing.assert_frame_equal(quarantined, pd.read_csv(project / "noisy.csv"))
         assert system_of(project).controller.domain(DOMAIN).version == 1
 
     def test_train_patch_missing_file(self, project, capsys):

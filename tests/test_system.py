@@ -176,8 +176,8 @@ def test_train_patch_quarantines_invalid_data(system, mnist_digits):
 
     assert "column 'px_20'" in str(raised.value)
     assert "'vision/digits:scans.parquet'" in str(raised.value)
-    kept = pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")
-    pd.testing.assert_frame_equal(kept, rows)
+    quarantined = pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")
+    pd.testing.assert_frame_equal(quarantined, rows)
     assert system.controller.domain(DOMAIN).version == 1
     assert system.events.of_kind("patch_trained") == []
 

@@ -196,8 +196,9 @@ def restore_and_gate(
     skipped with a ``bundle_rejected`` event, and the next one is tried.
 
     The gate passes a model when the recent inputs meet the bundle's data expectations on the
-    domain's input columns and label (other columns are ignored, as in serving) and its accuracy on the held-out buffer rows is at most ``remembering.gate_tolerance`` below
-    the accuracy recorded before the domain was frozen. When the recent inputs moved away
+    domain's input columns and label (other columns are ignored, as in serving), and its
+    accuracy on the held-out buffer rows is at most ``remembering.gate_tolerance`` below the
+    accuracy recorded before the domain was frozen. When the recent inputs moved away
     from the buffer, a fine-tuned copy is judged first. It is rejected when it fails the gate
     or lowers the restored model's accuracy by more than the tolerance (forgetting). The
     restored model is then judged instead, and served if it passes.

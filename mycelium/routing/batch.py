@@ -369,7 +369,7 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     try:
         served = subgraph.predict(rows)
     except (ValueError, TypeError):
-        # Unvalidated rows can hold values that no expert scores: quarantine them if so.
+        # Unvalidated rows may contain values that no expert can score, and then they are quarantined.
         _require_numbers(system, domain, rows, subgraph.schema.columns, name)
         raise
     if upstream:

@@ -200,6 +200,8 @@ def _holds_batch(folder: Path, batch: pd.DataFrame) -> bool:
 def _failed_frame(index: pd.Index, failure: FailedBatch | None) -> pd.DataFrame:
     """Return the output rows of a failed batch: no prediction, its error and quarantine folder."""
     missing = pd.array([pd.NA] * len(index), dtype="Int64")
+    error = None if failure is None else failure.error
+    quarantine = None if failure is None else failure.quarantine_path
     return pd.DataFrame(
         {
             "prediction": missing,
@@ -208,8 +210,8 @@ def _failed_frame(index: pd.Index, failure: FailedBatch | None) -> pd.DataFrame:
             "depth": missing.copy(),
             "stages": "",
             "route": np.full(len(index), None, dtype=object),
-            ERROR_COLUMN: None if failure is None else failure.error,
-            QUARANTINE_COLUMN: None if failure is None else failure.quarantine_path,
+            ERROR_COLUMN: error,
+            QUARANTINE_COLUMN: quarantine,
         },
         index=index,
     )
