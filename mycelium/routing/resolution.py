@@ -16,7 +16,9 @@ The rules, applied by ``decide_route``:
 
 Every step is a dict lookup, so the time of a decision depends on the number of tags and
 their depth (and, for a chained domain, the size of its chain), never on the number of
-registered domains.
+registered domains. A registered tag leads straight to its domain's record
+(``RoutingTable.records_by_tag``), which saves a lookup in the domain index: in a table of
+100,000 domains, each lookup costs mostly CPU cache misses.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from mycelium.routing.tags import normalize_tag
 
 # Error messages list at most this many registered tags or domains.
 PREVIEW_LIMIT = 10
+# Default of a lookup that found nothing, since None is a value of RoutingTable.records_by_tag().
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -98,32 +102,54 @@ class RouteDecision:
 
 def match_tag(table: RoutingTable, tag: str) -> TagMatch | None:
     """Return how ``tag`` (already normalised) reaches a registered tag, or None if it does not."""
+    found = _match(table, table.records_by_tag(), tag)
+    return None if found is None else found[0]
+
+
+def _match(table: RoutingTable, records: dict[str, Any], tag: str) -> tuple[TagMatch, DomainRecord] | None:
+    """Return the match of ``tag`` and its domain's record; ``records`` is ``table.records_by_tag()``."""
     end = len(tag)
     while end > 0:
         prefix = tag[:end]
-        domain = table.tags.get(prefix)
-        if domain is not None:
-            return TagMatch(tag, prefix, domain)
+        record = records.get(prefix, _ABSENT)
+        if record is not _ABSENT:
+            if type(record) is not DomainRecord:
+                record = _parse_entry(table, records, prefix)
+            return TagMatch(tag, prefix, record.name), record
         canonical = table.aliases.get(prefix)
         if canonical is not None:
-            return _match_alias(table, tag, prefix, canonical)
+            return _match_alias(table, records, tag, prefix, canonical)
         end = tag.rfind("/", 0, end)
     return None
 
 
-def _match_alias(table: RoutingTable, tag: str, alias: str, canonical: str) -> TagMatch:
+def _match_alias(
+    table: RoutingTable, records: dict[str, Any], tag: str, alias: str, canonical: str
+) -> tuple[TagMatch, DomainRecord]:
     rewritten = canonical + tag[len(alias) :]
     end = len(rewritten)
     while end > 0:
         prefix = rewritten[:end]
-        domain = table.tags.get(prefix)
-        if domain is not None:
-            return TagMatch(tag, prefix, domain, alias=alias)
+        record = records.get(prefix, _ABSENT)
+        if record is not _ABSENT:
+            if type(record) is not DomainRecord:
+                record = _parse_entry(table, records, prefix)
+            return TagMatch(tag, prefix, record.name, alias=alias), record
         end = rewritten.rfind("/", 0, end)
     raise RoutingError(
         f"Tag {tag!r} uses alias {alias!r} for {canonical!r}, but no domain registers {canonical!r} "
         f"or its parents any more. Point the alias at a registered tag or remove it."
     )
+
+
+def _parse_entry(table: RoutingTable, records: dict[str, Any], tag: str) -> DomainRecord:
+    """Parse the stored entry of registered ``tag``'s domain and return its record.
+
+    Raises KeyError when the entry is None, for a domain missing from the domain index.
+    """
+    record = table.domains[table.tags[tag]]
+    records[tag] = record
+    return record
 
 
 def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecision:
@@ -136,12 +162,15 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
     normalized = _normalize_all(tags)
     matches: list[TagMatch] = []
     ignored: list[str] = []
+    matched_records: list[DomainRecord] = []
+    records = table.records_by_tag()
     for tag in normalized:
-        found = match_tag(table, tag)
+        found = _match(table, records, tag)
         if found is None:
             ignored.append(tag)
         else:
-            matches.append(found)
+            matches.append(found[0])
+            matched_records.append(found[1])
     if not matches:
         raise _no_match_error(table, normalized)
 
@@ -157,7 +186,7 @@ def decide_route(table: RoutingTable, tags: str | Sequence[str]) -> RouteDecisio
         )
 
     winner = winners[0]
-    record = table.domains[winner.domain]
+    record = matched_records[0] if len(matches) == 1 else matched_records[matches.index(winner)]
     if record.state == State.RETIRED.value:
         hint = f"use {record.successor!r} instead" if record.successor else "register a new domain for it"
         raise RoutingError(f"Tag {winner.tag!r} maps to retired domain {record.name!r}; {hint}.")
