@@ -18,6 +18,7 @@ ROOT = configure_environment(Path.cwd())
 import pandas as pd  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.states import Completed, State  # noqa: E402
 
 from mycelium.config import load_params  # noqa: E402
 from mycelium.errors import DataValidationError, InputError, one_line  # noqa: E402
@@ -58,12 +59,21 @@ def ingest_file(path: str, tag: str | None, params_path: str) -> list[dict]:
 
 
 @flow(name="ingest")
-def ingest_flow(path: str, tag: str | None = None, params_path: str = "params.yaml") -> list[dict]:
+def ingest_flow(path: str, tag: str | None = None, params_path: str = "params.yaml") -> list[dict] | State:
+    """Ingest the file; a run that quarantined batches ends Completed with a message that counts them."""
     logger = get_run_logger()
     outcomes = ingest_file(path, tag, params_path)
     for outcome in outcomes:
-        logger.info("%s", describe_ingest_outcome(outcome))
+        if "quarantined" in outcome:
+            logger.warning("%s", describe_ingest_outcome(outcome))
+        else:
+            logger.info("%s", describe_ingest_outcome(outcome))
     flush_events()
+    quarantined = [outcome["quarantined"] for outcome in outcomes if "quarantined" in outcome]
+    if quarantined:
+        # The state's type stays COMPLETED, so automations on completed runs still match.
+        return Completed(message=f"{len(quarantined)} of {len(outcomes)} batches quarantined: "
+                                 f"{', '.join(map(str, quarantined))}", data=outcomes)
     return outcomes
 
 

@@ -237,10 +237,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     version = _table_version(system, args.to)
     past = controller.table_at(version).domains.get(args.domain)
     if past is not None and past.state == "hot" and past.model_dir and not (system.root / past.model_dir).exists():
+        bundle = _bundle_of(controller.history(args.domain), past.version)
+        fix = (f"Bundle {bundle} holds that subgraph version: restore it with `mycelium remember {args.domain} "
+               f"--version {bundle}`." if bundle else
+               f"No bundle holds that subgraph version; `mycelium history {args.domain} --bundles` lists the "
+               f"stored ones, and `mycelium remember {args.domain} --version VERSION` restores one.")
         raise IntegrityError(
-            f"At table version {version}, {args.domain!r} was served from {past.model_dir}, which no longer exists "
-            "(hot copies are deleted when a domain is swept). Restore a stored bundle with "
-            f"`mycelium remember {args.domain} --version VERSION` instead."
+            f"At table version {version}, {args.domain!r} was served from {past.model_dir} (subgraph "
+            f"v{past.version}), which no longer exists because a sweep deleted its hot copies. {fix}"
         )
     reason = args.reason or f"rollback of {args.domain} to table version {version} from the command line"
     table = controller.restore(version, reason, domain=args.domain)
@@ -248,6 +252,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"{args.domain}: table version {table.version} restores its record of version {version}: "
           f"state {record.state}, subgraph v{record.version}, patches {record.patches or 'none'}")
     return 0
+
+
+def _bundle_of(changes: list[dict], subgraph_version: int) -> str | None:
+    """Return the newest cold bundle that a freeze of ``subgraph_version`` recorded in ``changes``."""
+    bundles = [change["current"]["cold_version"] for change in changes
+               if change.get("current") and change["current"].get("state") == "cold"
+               and change["current"].get("version") == subgraph_version and change["current"].get("cold_version")]
+    return bundles[-1] if bundles else None
 
 
 def cmd_train_patch(args: argparse.Namespace) -> int:

@@ -119,6 +119,9 @@ class Patch(_Settings):
     batch_size: int = Field(default=64, gt=0)
     min_samples: dict[str, int] = Field(default_factory=dict)
     default_min_samples: int = Field(gt=0)
+    # A patch is registered only if its held-out accuracy minus the accuracy without it is at
+    # least this much: 0.0 rejects a patch that lowers accuracy on the rows it was trained for.
+    min_accuracy_gain: float = Field(default=0.0, ge=-1.0, le=1.0)
 
     def min_samples_for(self, domain: str) -> int:
         return self.min_samples.get(domain, self.default_min_samples)

@@ -60,6 +60,15 @@ class DomainBusyError(MyceliumError, TimeoutError):
     that held the domain's lock (training, freezing or restoring it)."""
 
 
+class PatchRejectedError(MyceliumError):
+    """A trained patch did not reach ``patch.min_accuracy_gain`` on its held-out rows, so it was
+    not registered. ``data_path`` is the file that keeps the rows it was trained on."""
+
+    def __init__(self, message: str, data_path: str | None = None):
+        super().__init__(message)
+        self.data_path = data_path
+
+
 class InputError(MyceliumError, ValueError):
     """A data file or argument given to Mycelium is missing, unreadable or inconsistent,
     for example a file that does not exist or a column that a command needs."""

@@ -37,6 +37,7 @@ from mycelium.errors import (
     EmptyDataError,
     IllegalTransitionError,
     InputError,
+    PatchRejectedError,
     RememberTimeoutError,
     RoutingError,
     StorageError,
@@ -273,8 +274,13 @@ class Mycelium:
             self._request_patch(domain)
             actions.append("patch_requested")
         elif decision.action is Action.PATCH:
-            self.train_patch(domain)
-            actions.append("patched")
+            try:
+                self.train_patch(domain)
+                actions.append("patched")
+            except PatchRejectedError as exc:
+                # The batch itself was served; the rejected patch's rows are on disk (exc.data_path).
+                logger.warning("%s", exc)
+                actions.append("patch_rejected")
         depth_counts = {int(d): int(c) for d, c in zip(*np.unique(prediction.depth, return_counts=True))}
         stages = []
         if upstream:
@@ -461,6 +467,9 @@ class Mycelium:
                 with every column as given, and no patch was trained.
             DomainBusyError: another process held the domain's lock for longer than
                 ``remembering.wait_timeout_s``; no patch was trained.
+            PatchRejectedError: the patch's held-out accuracy gain was below
+                ``patch.min_accuracy_gain``; it was not registered, and the rows collected
+                since drift began (when ``data`` is None) were saved to the error's ``data_path``.
         """
         self.controller.reload()
         self.controller.domain(domain)  # An unknown domain fails here, before a lock file is made for it.
@@ -495,7 +504,8 @@ class Mycelium:
     def _train_patch_locked(self, domain: str, data: pd.DataFrame | None, name: str) -> PatchReport:
         # Another process may have patched or restored the domain while this one waited for the lock.
         self.controller.reload()
-        if data is None:
+        collected = data is None
+        if collected:
             data = pd.concat(self._drift_rows.get(domain, []), ignore_index=True) if domain in self._drift_rows else pd.DataFrame()
         else:
             data = self._checked_patch_data(domain, data, name)
@@ -504,6 +514,8 @@ class Mycelium:
                                 min_tail_samples=self.params.ood.min_tail_samples,
                                       seed=self.params.seed + self.step)
         record = self.controller.domain(domain)
+        if report.accuracy_after - report.accuracy_before < self.params.patch.min_accuracy_gain:
+            raise self._reject_patch(report, record, data, None if collected else name)
         # After a rollback the record's version is lower than versions already used; never reuse one.
         used = [c["current"]["version"] for c in self.controller.history(domain) if c.get("current")]
         version = max([record.version, *used]) + 1
@@ -520,6 +532,36 @@ class Mycelium:
         self._performance.pop(domain, None)
         self.events.emit("patch_trained", step=self.step, version=version, **asdict(report))
         return report
+
+    def _reject_patch(self, report: PatchReport, record: DomainRecord, data: pd.DataFrame,
+                      name: str | None) -> PatchRejectedError:
+        """Record a patch below ``patch.min_accuracy_gain`` and return the error to raise.
+
+        Given data stays where the caller has it (``name``). Rows collected since drift began are
+        saved to ``drift_rows/`` and the domain's drift monitors start afresh, as for a patch
+        request, so the next attempt waits for another ``drift.persistence`` drifting windows.
+        """
+        domain = report.domain
+        data_path = name
+        if name is None:
+            folder = self._folder("drift_rows", domain)
+            folder.mkdir(parents=True, exist_ok=True)
+            data_path = str(folder / f"rejected-step-{self.step:05d}.parquet")
+            data.to_parquet(data_path, index=False)
+            self._drift_rows.pop(domain, None)
+            self._performance.pop(domain, None)
+            self._monitors.pop(domain, None)
+        self.events.emit("patch_rejected", step=self.step, version=record.version, data_path=data_path,
+                         min_accuracy_gain=self.params.patch.min_accuracy_gain, **asdict(report))
+        return PatchRejectedError(
+            f"Patch {report.depth} for {domain!r} changed held-out accuracy by "
+            f"{report.accuracy_after - report.accuracy_before:+.3f} ({report.accuracy_before:.3f} -> "
+            f"{report.accuracy_after:.3f} on {report.holdout_samples} of the {len(data)} rows of {data_path}), below "
+            f"patch.min_accuracy_gain={self.params.patch.min_accuracy_gain:g}, so it was not registered and "
+            f"{domain!r} still serves version {record.version}. Check the rows' labels, train on more labelled "
+            "rows, or lower patch.min_accuracy_gain in params.yaml.",
+            data_path=data_path,
+        )
 
     def _checked_patch_data(self, domain: str, data: pd.DataFrame, name: str) -> pd.DataFrame:
         """Return ``data`` as the labelled input rows of ``domain``, or raise the error that names the fix."""
@@ -683,6 +725,8 @@ class Mycelium:
 
         Raises:
             InputError: the file is neither at ``data_path`` nor in ``consumed/``.
+            PatchRejectedError: the patch was below ``patch.min_accuracy_gain``; the file stays
+                at ``data_path``.
         """
         path = Path(data_path)
         consumed = path.parent / "consumed" / path.name
@@ -691,7 +735,11 @@ class Mycelium:
                 logger.info("Drifted rows %s were already used by another run; no patch trained.", path)
                 return None
             raise InputError(f"Drifted rows {path} not found; pass the data_path of a drift_detected event.")
-        report = self.train_patch(domain, data=pd.read_parquet(path), name=path.name)
+        try:
+            report = self.train_patch(domain, data=pd.read_parquet(path), name=path.name)
+        except PatchRejectedError as exc:
+            exc.data_path = str(path)
+            raise
         consumed.parent.mkdir(parents=True, exist_ok=True)
         path.replace(consumed)
         return report

@@ -561,8 +561,23 @@ class TestPatchAndRollback:
 
         code, _, err = run(project, capsys, "rollback", DOMAIN, "--to", "2")
 
-        assert_one_line_error(code, err, rf"served from {re.escape(FIRST_HOT_COPY)}, which no longer exists.*remember")
+        assert_one_line_error(code, err, rf"served from {re.escape(FIRST_HOT_COPY)} \(subgraph v1\), which no "
+                                         r"longer exists.*No bundle holds that subgraph version")
         assert system_of(project).controller.domain(DOMAIN).version == 2
+
+    def test_rollback_after_sweep_names_the_bundle(self, project, capsys, mnist_digits):
+        self.train_patch(project, capsys, mnist_digits)
+        system = system_of(project)
+        patched_at = system.controller.history(DOMAIN)[-1]["version"]
+        system.freeze(DOMAIN, reason="sweep in a test")
+        bundle = system.controller.domain(DOMAIN).cold_version
+
+        code, _, err = run(project, capsys, "rollback", DOMAIN, "--to", str(patched_at))
+
+        assert_one_line_error(code, err, rf"\(subgraph v2\), which no longer exists.* Bundle {bundle} holds that "
+                                         rf"subgraph version: restore it with `mycelium remember {DOMAIN} "
+                                         rf"--version {bundle}`")
+        assert system_of(project).controller.domain(DOMAIN).state == "cold"
 
     @pytest.mark.parametrize(
         ("make_frame", "domain", "pattern"),
@@ -606,6 +621,20 @@ class TestPatchAndRollback:
         code, _, err = run(project, capsys, "train-patch", DOMAIN, str(project / "nope.parquet"))
 
         assert_one_line_error(code, err, r"Data file .*nope\.parquet not found")
+
+    def test_patch_below_min_accuracy_gain_is_one_line(self, project, capsys, mnist_digits):
+        settings = yaml.safe_load((project / "params.yaml").read_text())
+        settings["patch"]["min_accuracy_gain"] = 1.0
+        (project / "params.yaml").write_text(yaml.safe_dump(settings))
+        mnist_digits.train.iloc[:400].to_csv(project / "mnist.csv", index=False)
+
+        code, out, err = run(project, capsys, "train-patch", DOMAIN, str(project / "mnist.csv"))
+
+        assert out == ""
+        assert_one_line_error(code, err, r"Patch 1 for 'vision/digits' changed held-out accuracy by [+-]\d\.\d{3} "
+                                         r"\(\d\.\d{3} -> \d\.\d{3} on \d+ of the 400 rows of mnist\.csv\), "
+                                         r"below patch\.min_accuracy_gain=1, so it was not registered")
+        assert system_of(project).controller.domain(DOMAIN).version == 1
 
 
 class TestChainedDomain:

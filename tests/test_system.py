@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import DIGITS_PATCH
 from mycelium.config import Paths, Params, load_params
 from mycelium.data.sources import load_penguins
-from mycelium.errors import DataValidationError, EmptyDataError, RoutingError
+from mycelium.errors import DataValidationError, EmptyDataError, PatchRejectedError, RoutingError
 from mycelium.events import read_events
 from mycelium.routing.lifecycle import State
 from mycelium.routing.tags import safe_name
@@ -180,6 +181,46 @@ def test_train_patch_quarantines_invalid_data(system, mnist_digits):
     pd.testing.assert_frame_equal(quarantined, rows)
     assert system.controller.domain(DOMAIN).version == 1
     assert system.events.of_kind("patch_trained") == []
+
+
+def strict_patch_system(params, clock, digits_cnn, uci_digits) -> Mycelium:
+    """The ``system`` deployment with the small patch of the shared fixtures, which must gain 1.0
+    held-out accuracy to be registered."""
+    strict = params.model_copy(update={"patch": DIGITS_PATCH.model_copy(update={"min_accuracy_gain": 1.0})})
+    mycelium = Mycelium(strict, clock=clock)
+    mycelium.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI")
+    return mycelium
+
+
+def test_patch_below_min_accuracy_gain_is_not_registered(params, clock, digits_cnn, uci_digits, mnist_digits):
+    system = strict_patch_system(params, clock, digits_cnn, uci_digits)
+
+    with pytest.raises(PatchRejectedError, match=r"min_accuracy_gain=1, so it was not registered") as raised:
+        system.train_patch(DOMAIN, data=mnist_digits.train.iloc[:400], name="scans.parquet")
+
+    assert raised.value.data_path == "scans.parquet"
+    record = system.controller.reload().domains[DOMAIN]
+    assert (record.version, record.patches) == (1, [])
+    event = system.events.of_kind("patch_rejected")[-1]
+    assert event["accuracy_after"] - event["accuracy_before"] < 1.0
+    assert event["holdout_samples"] + event["train_samples"] == 400
+    assert system.events.of_kind("patch_trained") == []
+
+
+def test_rejected_automatic_patch_keeps_its_rows(params, clock, digits_cnn, uci_digits, mnist_digits):
+    system = strict_patch_system(params, clock, digits_cnn, uci_digits)
+    actions = []
+    for start in range(0, len(mnist_digits.train) - 84, 85):
+        actions += system.ingest(mnist_digits.train.iloc[start : start + 85], tag=DOMAIN).actions
+        if "patch_rejected" in actions:
+            break
+
+    assert "patch_rejected" in actions
+    assert "patched" not in actions
+    event = system.events.of_kind("patch_rejected")[-1]
+    saved = pd.read_parquet(event["data_path"])
+    assert len(saved) == event["train_samples"] + event["holdout_samples"] >= DIGITS_PATCH.min_samples_for(DOMAIN)
+    assert system.controller.reload().domains[DOMAIN].version == 1
 
 
 def test_untagged_nan_batch_is_quarantined(system, uci_digits):

@@ -42,7 +42,9 @@ def write_params(folder: Path) -> Path:
     """Write the project's params.yaml with paths in ``folder`` and settings sized for tests."""
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["paths"] = {name: str(folder / name) for name in raw["paths"]}
-    raw["patch"] = DIGITS_PATCH.model_dump()
+    # Trainings here patch one domain several times on the same rows, where a later patch gains
+    # nothing, so the accuracy gate is off (tests/test_system.py tests it).
+    raw["patch"] = DIGITS_PATCH.model_dump() | {"min_accuracy_gain": -1.0}
     # Only IDLE may be swept, and it is idle after 5 s; the budget never forces a sweep.
     raw["cold_storage"].update(max_idle_s=5, hot_budget_bytes=10**9, pinned=[PATCHED, *PAIR, COLD])
     raw["orchestration"].update(training_workers=2, light_workers=1, runs_per_worker=1, worker_poll_s=1,
@@ -279,6 +281,23 @@ def test_cold_request_remembers_and_dashboard_follows(stack, uci_digits):
     assert "remembering" in states
     assert states[-1] == "hot"
     assert states.index("remembering") < len(states) - 1
+
+
+def test_ingest_run_with_quarantined_batch_says_so(stack, uci_digits):
+    from prefect.deployments import run_deployment
+
+    rows = uci_digits.test.iloc[:85].copy()
+    rows.loc[rows.index[3], "px_10"] = 500.0
+    batch = stack["folder"] / "requests" / "bad-batch.parquet"
+    batch.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(batch, index=False)
+
+    ingest = run_deployment("ingest/ingest", parameters={"path": str(batch), "tag": PATCHED}, timeout=RUN_TIMEOUT_S)
+
+    assert ingest.state.is_completed(), failed_logs(ingest)
+    assert ingest.state.message.startswith("1 of 1 batches quarantined: "), ingest.state.message
+    folder = Path(ingest.state.message.split(": ", 1)[1])
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "batch.parquet"), rows.reset_index(drop=True))
 
 
 def test_new_domain_from_library_trains_expert(stack):
