@@ -474,6 +474,18 @@ def _one_thread() -> Iterator[None]:
 
 def _gradient_histograms(images: torch.Tensor, cells: int, bins: int) -> torch.Tensor:
     """Compute HOG descriptors of (n, 1, height, width) images, blocks of 2 x 2 cells at unit length."""
+    histograms = _pixel_histograms(images, bins)
+    grid = F.adaptive_avg_pool2d(histograms, cells)
+    blocks = []
+    for row in range(cells - 1):
+        for column in range(cells - 1):
+            block = grid[:, :, row : row + 2, column : column + 2].reshape(images.shape[0], -1)
+            blocks.append(block / torch.sqrt(torch.sum(block**2, dim=1, keepdim=True) + _BLOCK_EPSILON))
+    return torch.cat(blocks, dim=1)
+
+
+def _pixel_histograms(images: torch.Tensor, bins: int) -> torch.Tensor:
+    """Return each pixel's gradient magnitude split over its orientation bins, shape (n, bins, height, width)."""
     gradient_x, gradient_y = _gradients(images)
     magnitude = torch.sqrt(gradient_x**2 + gradient_y**2)
     # Orientation over 360 degrees in units of bins; each pixel votes for its two nearest bins.
@@ -484,14 +496,7 @@ def _gradient_histograms(images: torch.Tensor, cells: int, bins: int) -> torch.T
     histograms = torch.zeros(images.shape[0], bins, *images.shape[2:], dtype=images.dtype)
     histograms.scatter_add_(1, lower_bin, magnitude * (1 - upper_weight))
     histograms.scatter_add_(1, (lower_bin + 1) % bins, magnitude * upper_weight)
-
-    grid = F.adaptive_avg_pool2d(histograms, cells)
-    blocks = []
-    for row in range(cells - 1):
-        for column in range(cells - 1):
-            block = grid[:, :, row : row + 2, column : column + 2].reshape(images.shape[0], -1)
-            blocks.append(block / torch.sqrt(torch.sum(block**2, dim=1, keepdim=True) + _BLOCK_EPSILON))
-    return torch.cat(blocks, dim=1)
+    return histograms
 
 
 def _gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
