@@ -436,8 +436,9 @@ def render(results: dict[str, Any]) -> str:
         f"{DECISION_TAGS:,} input tags of domains drawn uniformly at random, each one level below a registered "
         f"tag. *explain* is `MetaController.explain(tag)` on tags it has seen, which the controller answers from "
         "its decision cache. *uncached* is `decide_route(table, tag)`, the full decision: tag normalisation, the "
-        "fallback walk, the record lookup. *first touch* is the first round of `explain` after a reload, which "
-        "also parses each record on first access and pays for the garbage collections that the freshly loaded "
+        "fallback walk through the table's tag -> record lookup, the retired check. *first touch* is the first "
+        "round of `explain` after a reload, which also builds that lookup (one pass over every tag), parses each "
+        "record on first access and pays for the garbage collections that the freshly loaded "
         "table triggers (see *full gc* below); median of 3. *explain* and *uncached* are medians of "
         f"{DECISION_ROUNDS} rounds that alternate between the table sizes, and the targets take the fastest round, "
         "the one least disturbed by other processes. Every domain name has the same length at each table size.",
