@@ -186,13 +186,13 @@ def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, to
     from mycelium.routing.batched import ERROR_COLUMN
 
     exc = routes.stopped
-    first_left = len(result)
-    if not isinstance(exc, InputError):
-        # --fail-fast stopped at a failed batch, which is the last one in the result.
-        failure = routes.failures[-1]
-        first_left = failure.first_row
-        if failure.quarantine_path not in str(exc):
-            exc.add_note(f"Rows {failure.first_row} to {failure.last_row} are kept in {failure.quarantine_path}.")
+    first_left = routes.stopped_row
+    # --fail-fast stopped in a batch whose failed rows are the last failures; an InputError has none.
+    for failure in routes.failures:
+        if failure.first_row >= first_left and failure.quarantine_path not in str(exc):
+            consecutive = failure.last_row - failure.first_row + 1 == failure.rows
+            rows = f"{failure.first_row} to {failure.last_row}" if consecutive else _row_ranges(failure.positions)
+            exc.add_note(f"Rows {rows} are kept in {failure.quarantine_path}.")
     if first_left == 0:
         return exc
     written = result.iloc[:first_left]
@@ -208,21 +208,35 @@ def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, to
 def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
     """Return one line on the failed rows: how many, where they are kept, how to route them again."""
     failures = routes.failures
-    ranges = ", ".join(str(f.first_row) if f.rows == 1 else f"{f.first_row}-{f.last_row}" for f in failures[:3])
+    ranges = ", ".join(_row_ranges(f.positions) for f in failures[:3])
     folders = ", ".join(f.quarantine_path for f in failures[:3])
     if len(failures) > 3:
-        ranges += f" and {len(failures) - 3} more batches"
+        ranges += f" and {len(failures) - 3} more groups"
         folders += f" and {len(failures) - 3} more (see the 'quarantine' column)"
-    where = "The failed batch is kept in" if len(failures) == 1 else "The failed batches are kept in"
+    where = "They are kept in" if len(failures) == 1 else "They are kept in the folders"
     rerun = shlex.quote(str(Path(failures[0].quarantine_path) / "batch.parquet")) if len(failures) == 1 else "FOLDER/batch.parquet"
     options = ""
     if args.tag is not None:
         options += f" --tag {shlex.quote(args.tag)}"
     if args.tag_column != TAG_COLUMN:
         options += f" --tag-column {shlex.quote(args.tag_column)}"
-    return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} failed validation or routing (rows {ranges}) "
+    failed = "failed validation or routing" if not args.no_validate else "could not be routed or predicted"
+    return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} {failed} (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
             f"Fix them and route each again with `mycelium route {rerun} -o OUTPUT{options}`.")
+
+
+def _row_ranges(positions: tuple[int, ...], limit: int = 4) -> str:
+    """Return sorted row positions as runs, e.g. ``3, 5-9, 12``, with at most ``limit`` runs shown."""
+    runs: list[list[int]] = []
+    for position in positions:
+        if runs and position == runs[-1][1] + 1:
+            runs[-1][1] = position
+        else:
+            runs.append([position, position])
+    shown = [str(first) if first == last else f"{first}-{last}" for first, last in runs[:limit]]
+    more = f" and {len(runs) - limit} more runs" if len(runs) > limit else ""
+    return ", ".join(shown) + more
 
 
 def _column_list(frame: pd.DataFrame) -> str:
@@ -356,10 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "domain and subgraph version of every row. A row for a chained domain (one with upstream "
                     "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
                     "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
-                    "lists the domain, version and chain depth of every stage. A batch of --batch-size rows that "
-                    "fails validation or routing is quarantined with every column, its rows are written without "
-                    "a prediction and with the reason and the quarantine folder in the 'error' and 'quarantine' "
-                    "columns, and the other batches are routed. Exit code: 0 when every row has a prediction, "
+                    "lists the domain, version and chain depth of every stage. Rows that fail validation or "
+                    "routing (one domain's rows of a batch of --batch-size rows, or the whole batch when its tags "
+                    "cannot be resolved) and rows that no domain accepts are quarantined with every column, and "
+                    "are written without a prediction and with the reason and the quarantine folder in the "
+                    "'error' and 'quarantine' columns; the other rows are routed. Exit code: 0 when every row "
+                    "has a prediction, "
                     f"{NOTHING_ROUTED} when no row was routed (the 'route' column says why), {ROWS_FAILED} when a "
                     "batch failed or no domain accepts some rows (the 'error' column says why), 2 on an error "
                     "(with --fail-fast, after writing the rows routed before it).")
@@ -376,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--no-validate", action="store_true",
                        help="skip the Great Expectations checks of each domain's rows")
     route.add_argument("--fail-fast", action="store_true",
-                       help="stop at the first batch that fails validation or routing; the rows routed before it "
-                            "are still written")
+                       help="stop at the first batch with rows that fail validation or routing or that no domain "
+                            "accepts; the rows routed before that batch are still written")
     route.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     route.set_defaults(handler=cmd_route)
 

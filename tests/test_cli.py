@@ -24,6 +24,8 @@ from conftest import PAIR_INPUTS, PAIRS_DOMAIN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "vision/digits"
+# A second domain served by a copy of the digits CNN, so that one file can mix two domains.
+COPY_DOMAIN = "vision/digits-copy"
 PAIRS = PAIRS_DOMAIN
 FIRST_HOT_COPY = f"models/{safe_name(DOMAIN)}/v0001"
 SUBCOMMANDS = ["status", "history", "sweep", "remember", "route", "rollback", "train-patch"]
@@ -38,6 +40,15 @@ def project(tmp_path, digits_cnn, uci_digits) -> Path:
     system = Mycelium(load_params(tmp_path / "params.yaml"))
     system.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI digits")
     return tmp_path
+
+
+@pytest.fixture
+def two_domain_project(project, digits_cnn, uci_digits) -> Path:
+    """``project`` with a copy of the digits CNN registered as a second domain, COPY_DOMAIN."""
+    subgraph = copy.deepcopy(digits_cnn)
+    subgraph.domain = COPY_DOMAIN
+    system_of(project).register(subgraph, tags=[COPY_DOMAIN], reference=uci_digits.train, reason="second domain")
+    return project
 
 
 @pytest.fixture
@@ -176,6 +187,11 @@ class TestRoute:
         assert result["route"][15].startswith("unrouted: ")
         assert result["error"].isna().tolist() == [True] * 10 + [False] * 10
         assert result["error"][15] == result["route"][15]
+        assert result["quarantine"][:10].isna().all()
+        folder = result["quarantine"][15]
+        assert set(result["quarantine"][10:]) == {folder}
+        assert folder in result["error"][15]
+        assert len(pd.read_parquet(Path(folder) / "batch.parquet")) == 10
         assert "10 rows -> vision/digits, 10 rows accepted by no domain" in out
         assert err.startswith("warning: 10 rows of ")
 
@@ -326,6 +342,52 @@ class TestRoute:
         assert lines[0].startswith("error: 20 of 50 rows failed validation or routing (rows 10-19, 30-39)")
         assert str(result["quarantine"][30]) in lines[0]
         assert "route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT`" in lines[0]
+
+    def test_invalid_domain_part_fails_alone(self, two_domain_project, capsys, uci_digits):
+        tags = ([DOMAIN] * 5 + [COPY_DOMAIN] * 5) * 2
+        rows = uci_digits.test.iloc[:20].assign(tag=tags)
+        rows.loc[rows.index[7], "px_20"] = 99.0
+        rows.to_csv(two_domain_project / "batch.csv", index=False)
+
+        code, out, err = run(two_domain_project, capsys, "route", str(two_domain_project / "batch.csv"),
+                             "--no-progress")
+
+        result = pd.read_csv(two_domain_project / "batch.predictions.csv")
+        failed = result["prediction"].isna().to_numpy()
+        assert code == ROWS_FAILED
+        assert failed.tolist() == [tag == COPY_DOMAIN for tag in tags]
+        expected = system_of(two_domain_project).subgraph(DOMAIN).predict(rows.iloc[~failed]).labels
+        assert result["prediction"][~failed].tolist() == expected.tolist()
+        assert result["error"][~failed].isna().all()
+        assert result["quarantine"][~failed].isna().all()
+        assert result["error"][failed].str.startswith(f"Batch '{COPY_DOMAIN}:batch-rows-0-19' (10 rows)").all()
+        assert "(rows with index 7)" in result["error"][5]
+        folders = set(result["quarantine"][failed])
+        assert len(folders) == 1
+        quarantined = pd.read_parquet(Path(folders.pop()) / "batch.parquet")
+        pd.testing.assert_frame_equal(quarantined, pd.read_csv(two_domain_project / "batch.csv").iloc[failed])
+        assert len(list(system_of(two_domain_project).params.paths.quarantine.iterdir())) == 1
+        assert out.strip().endswith(f": 10 rows -> {DOMAIN}, 10 rows failed")
+        assert err.startswith("error: 10 of 20 rows failed validation or routing (rows 5-9, 15-19)")
+
+    def test_fail_fast_stops_at_unrouted_rows(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[10:20], rows.columns != "label"] = 16.0
+        rows.assign(tag=[DOMAIN] * 10 + [""] * 10 + [DOMAIN] * 10).to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--batch-size", "10", "--no-validate",
+                           "--fail-fast", "--no-progress")
+
+        lines = err.strip().splitlines()
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert code == 2
+        assert lines[0].startswith("error: 10 rows of batch 'batch-rows-10-19' are accepted by no domain, first row 10")
+        assert lines[1].startswith("Rows 10 to 19 are kept in ")
+        assert lines[2].startswith("Rows 0 to 9 were written to ")
+        assert result["row"].tolist() == list(range(10))
+        assert result["prediction"].notna().all()
+        folder = Path(lines[1].removeprefix("Rows 10 to 19 are kept in ").rstrip("."))
+        assert len(pd.read_parquet(folder / "batch.parquet")) == 10
 
     def test_text_cell_fails_only_its_batch(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].astype({"px_20": object})

@@ -6,7 +6,7 @@ several tags separated by commas (tags cannot contain commas), or a list of tags
 are resolved by ``mycelium.routing.resolution``. Untagged rows are grouped by the columns they
 fill, and each group is routed by ``Mycelium.infer_domain`` as one batch, as ``ingest`` routes
 an untagged batch. Rows that no domain accepts get no prediction, and the reason is in their
-``route``; they are not put in the new-domain queue.
+``route``; they are quarantined, not put in the new-domain queue.
 
 Rows of a chained domain carry the input of each upstream slot as prefixed columns
 (``a.px_00``, ``b.px_00``; see ``mycelium.routing.chained``). Every upstream stage runs as one
@@ -18,18 +18,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError, one_line
+from mycelium.errors import DataValidationError, EmptyDataError, InputError, MyceliumError, RoutingError, one_line
 from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
 from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid, spec_for_rows
-from mycelium.validation.quarantine import quarantine_batch
+from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
 if TYPE_CHECKING:
     from mycelium.system import Mycelium
@@ -54,6 +55,12 @@ class DomainPart:
     routes: list[dict[str, Any]] = field(default_factory=list)
     # For a chained domain: every stage that served these rows (StageRecord.summary()).
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # 0-based positions of these rows in the routed batch, in input order.
+    positions: np.ndarray | None = None
+    # Why these rows got no prediction and the quarantine folder that keeps them, for a part
+    # that failed with isolate_failures. Rows of no domain have theirs in RoutedPredictions.
+    error: MyceliumError | None = None
+    quarantine: str | None = None
 
 
 @dataclass
@@ -63,7 +70,9 @@ class RoutedPredictions:
     ``route`` explains each row's decision in one line. ``stages`` holds, per row of a chained
     domain, one dict per stage (slot, domain, version, patches, depth), upstream first, and an
     empty tuple for other rows. ``parts`` lists the domain parts the batch was split into, in
-    the order their first row appears.
+    the order their first row appears. ``error`` and ``quarantine`` hold, per row without a
+    prediction, the reason in one line and the quarantine folder that keeps the row, and None
+    for predicted rows.
     """
 
     prediction: np.ndarray
@@ -73,6 +82,8 @@ class RoutedPredictions:
     route: np.ndarray
     parts: list[DomainPart]
     stages: np.ndarray | None = None
+    error: np.ndarray | None = None
+    quarantine: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -126,6 +137,7 @@ def route_batch(
     validate: bool = True,
     name: str = "batch",
     flush: bool = False,
+    isolate_failures: bool = False,
 ) -> RoutedPredictions:
     """Route every row of ``frame`` to its domain and predict it there.
 
@@ -144,6 +156,11 @@ def route_batch(
         flush: write the use counts to the routing table before returning. Otherwise they
             stay in memory until ``system.controller.flush_locality()``, so a stream of
             small batches does not write the table once per batch.
+        isolate_failures: when a domain's part fails validation or routing (any MyceliumError
+            but InputError), quarantine only that part and predict the other parts. The
+            failed part's rows get no prediction, and its DomainPart and the ``error`` and
+            ``quarantine`` of its rows give the reason and the folder. By default the first
+            failed part raises.
 
     Returns:
         The predictions, the domain and subgraph version that served each row, and why.
@@ -152,8 +169,9 @@ def route_batch(
         EmptyDataError: ``frame`` has no rows.
         InputError: ``tags`` does not fit ``frame``.
         RoutingError: a row's tags are invalid, unknown, ambiguous or lead to a retired
-            domain, a domain's schema columns are missing, or a cold domain failed its gate.
-        DataValidationError: a domain's rows failed validation; they were quarantined.
+            domain, or (without ``isolate_failures``) a cold domain failed its gate.
+        DataValidationError: (without ``isolate_failures``) a domain's rows failed validation;
+            they were quarantined.
     """
     if len(frame) == 0:
         raise EmptyDataError(f"Batch {name!r} has no rows; there is nothing to route.")
@@ -166,16 +184,32 @@ def route_batch(
     route = np.empty(n_rows, dtype=object)
     stages = np.empty(n_rows, dtype=object)
     stages.fill(())
+    error = np.full(n_rows, None, dtype=object)
+    quarantine = np.full(n_rows, None, dtype=object)
     assignments = _assign_domains(system, frame, row_tags, tag_column, name)
 
     parts = []
-    for domain, (positions, routes, lines) in assignments.items():
+    for domain, (positions, routes, lines, folders) in assignments.items():
         rows = frame if len(positions) == n_rows else frame.iloc[positions]
         route[positions] = lines
         if domain is None:
-            parts.append(DomainPart(None, None, len(positions), routes))
+            # Each group of unaccepted rows has its own folder, so the rows keep their own path.
+            error[positions] = lines
+            quarantine[positions] = folders
+            parts.append(DomainPart(None, None, len(positions), routes, positions=positions))
             continue
-        served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name)
+        try:
+            served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name)
+        except MyceliumError as exc:
+            # An InputError comes from the columns of the whole file, so it stops the caller's run.
+            if not isolate_failures or isinstance(exc, InputError):
+                raise
+            path = _keep_failed_part(system, domain, rows, exc, name)
+            error[positions] = one_line(exc)
+            quarantine[positions] = path
+            parts.append(DomainPart(domain, None, len(positions), routes, positions=positions, error=exc,
+                                    quarantine=path))
+            continue
         prediction[positions] = served.labels
         depth[positions] = served.depth
         version[positions] = part_version
@@ -186,7 +220,7 @@ def route_batch(
                 stages[position] = tuple(stage.for_row(offset) for stage in part_stages)
             summaries = [stage.summary() for stage in part_stages]
         system.controller.record_use(domain, len(positions))
-        parts.append(DomainPart(domain, part_version, len(positions), routes, summaries))
+        parts.append(DomainPart(domain, part_version, len(positions), routes, summaries, positions=positions))
         system.events.emit("batch_predicted", step=system.step, batch=name, domain=domain, version=part_version,
                            rows=len(positions), routing=routes, stages=summaries)
     unrouted = [part for part in parts if part.domain is None]
@@ -195,7 +229,23 @@ def route_batch(
                            routing=[route for part in unrouted for route in part.routes])
     if flush:
         system.controller.flush_locality()
-    return RoutedPredictions(prediction, domain_of, version, depth, route, parts, stages)
+    return RoutedPredictions(prediction, domain_of, version, depth, route, parts, stages, error, quarantine)
+
+
+def _keep_failed_part(system: Mycelium, domain: str, rows: pd.DataFrame, exc: MyceliumError, name: str) -> str:
+    """Return the quarantine folder that keeps ``rows``, the part of batch ``name`` that failed
+    for ``domain``, quarantining them unless ``exc`` already did.
+
+    A routing error quarantines nothing, and a chained domain's validation error can keep the
+    computed inputs in place of the request's columns.
+    """
+    path = getattr(exc, "quarantine_path", None)
+    if path is not None and holds_rows(Path(path), rows):
+        return str(path)
+    reason = one_line(exc)
+    path = quarantine_batch(rows, name=f"{domain}:{name}", reason=reason, quarantine_dir=system.params.paths.quarantine)
+    system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name, path=path, reason=reason)
+    return str(path)
 
 
 def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str | None | list[str | None]:
@@ -251,20 +301,22 @@ def _cell_key(value: Any) -> str | None:
 
 def _assign_domains(
     system: Mycelium, frame: pd.DataFrame, row_tags: str | None | list[str | None], tag_column: str, name: str
-) -> dict[str | None, tuple[np.ndarray, list[dict[str, Any]], Any]]:
-    """Return, per domain (None: no domain), its row positions, its distinct routes, and each
-    row's route line (one string for every row, or one per row)."""
+) -> dict[str | None, tuple[np.ndarray, list[dict[str, Any]], Any, np.ndarray | None]]:
+    """Return, per domain (None: no domain), its row positions, its distinct routes and each
+    row's route line (one string for every row, or one per row). For the rows of no domain,
+    a fourth entry gives the quarantine folder that keeps each row; it is None for a domain."""
     n_rows = len(frame)
     if not isinstance(row_tags, list):
         if row_tags is not None:
             decision = decide_tag(system, row_tags, rows=np.arange(n_rows))
-            return {decision.domain: (np.arange(n_rows), [decision.to_dict()], decision.describe())}
+            return {decision.domain: (np.arange(n_rows), [decision.to_dict()], decision.describe(), None)}
         row_tags = [None] * n_rows
 
     keys = np.asarray(row_tags, dtype=object)
     codes, uniques = pd.factorize(keys, use_na_sentinel=True)
     domain_codes = np.full(n_rows, -1, dtype=np.int64)
     lines = np.empty(n_rows, dtype=object)
+    folders = np.full(n_rows, None, dtype=object)
     domains: list[str | None] = []
     routes: dict[str | None, list[dict[str, Any]]] = {}
 
@@ -282,16 +334,21 @@ def _assign_domains(
         routes[decision.domain].append(decision.to_dict())
 
     untagged = np.flatnonzero(codes == -1)
-    for positions, domain, evidence, line in _infer_groups(system, frame, untagged, tag_column):
+    for positions, domain, evidence, line, folder in _infer_groups(system, frame, untagged, tag_column):
         domain_codes[positions] = code_of(domain)
         lines[positions] = line
+        folders[positions] = folder
         routes[domain].append(evidence)
 
     # Parts in the order of their first row, each with its rows in input order.
     order = np.argsort(domain_codes, kind="stable")
     boundaries = np.flatnonzero(np.diff(domain_codes[order])) + 1
     groups = sorted(np.split(order, boundaries), key=lambda positions: positions[0])
-    return {domains[domain_codes[g[0]]]: (g, routes[domains[domain_codes[g[0]]]], lines[g]) for g in groups}
+    assignments = {}
+    for group in groups:
+        domain = domains[domain_codes[group[0]]]
+        assignments[domain] = (group, routes[domain], lines[group], folders[group] if domain is None else None)
+    return assignments
 
 
 def decide_tag(system: Mycelium, key: str, *, rows: np.ndarray):
@@ -310,8 +367,8 @@ def decide_tag(system: Mycelium, key: str, *, rows: np.ndarray):
 
 
 def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, tag_column: str):
-    """Yield (positions, domain or None, evidence, route line) for groups of untagged rows that
-    fill the same columns."""
+    """Yield (positions, domain or None, evidence, route line, quarantine folder or None) for
+    groups of untagged rows that fill the same columns."""
     if len(positions) == 0:
         return
     rows = frame.iloc[positions].drop(columns=[tag_column], errors="ignore")
@@ -329,12 +386,12 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
         else:
             domain, evidence = system.infer_domain(group)
         if domain is not None:
-            yield positions[members], domain, evidence, f"inferred: {evidence['reason']}"
+            yield positions[members], domain, evidence, f"inferred: {evidence['reason']}", None
             continue
         # Rows no domain takes are kept for inspection rather than only marked in the output.
         kept = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
                                 quarantine_dir=system.params.paths.quarantine)
-        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {kept}"
+        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {kept}", str(kept)
 
 
 def _not_finite(group: pd.DataFrame) -> str | None:
