@@ -61,23 +61,34 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from mycelium.config import load_params
     from mycelium.routing.controller import TABLE_FILE
-    from mycelium.system import domain_rows
+    from mycelium.system import Mycelium, domain_rows, routing_directory
 
-    system = _system(args)
     if args.table_version is not None and args.at is not None:
         raise InputError("Pass --table-version or --at, not both.")
-    if args.table_version is not None:
-        rows = domain_rows(system.controller.table_at(_table_version(system, args.table_version)))
-    elif args.at is not None:
-        rows = domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+    params = load_params(args.params)
+    table_file = routing_directory(params) / TABLE_FILE
+    if not table_file.parent.exists():
+        # Mycelium(params) would create the run folders, so a folder where nothing has run is only read.
+        if args.table_version is not None:
+            _table_version(0, args.table_version)
+        if args.at is not None:
+            _timestamp(args.at)
+        rows = []
     else:
-        rows = system.domain_table()
+        system = Mycelium(params)
+        if args.table_version is not None:
+            version = _table_version(system.controller.table.version, args.table_version)
+            rows = domain_rows(system.controller.table_at(version))
+        elif args.at is not None:
+            rows = domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+        else:
+            rows = system.domain_table()
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         _print_table(rows)
-    table_file = system.controller.directory / TABLE_FILE
     if not table_file.exists():
         print(f"warning: {table_file} does not exist, so no domain is registered. The project folder is the "
               f"folder of --params ({args.params.resolve().parent}); run the pipeline there first (make repro), "
@@ -248,7 +259,7 @@ def _column_list(frame: pd.DataFrame) -> str:
 def cmd_rollback(args: argparse.Namespace) -> int:
     system = _system(args)
     controller = system.controller
-    version = _table_version(system, args.to)
+    version = _table_version(controller.table.version, args.to)
     past = controller.table_at(version).domains.get(args.domain)
     if past is not None and past.state == "hot" and past.model_dir and not (system.root / past.model_dir).exists():
         raise IntegrityError(
@@ -510,8 +521,7 @@ def _version_number(text: str) -> int:
     return int(digits)
 
 
-def _table_version(system: Any, version: int) -> int:
-    newest = system.controller.table.version
+def _table_version(newest: int, version: int) -> int:
     if not 0 <= version <= newest:
         raise InputError(f"Table version {version} does not exist; recorded versions are 0 to {newest}.")
     return version

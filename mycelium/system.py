@@ -99,7 +99,8 @@ class Mycelium:
         self.clock = clock
         self.defer_actions = defer_actions
         self.events = events or EventLog(self.root / "events.jsonl")
-        self.controller = MetaController(self.root / "routing", clock=clock, activity_half_life_s=params.cold_storage.max_idle_s)
+        self.controller = MetaController(routing_directory(params), clock=clock,
+                                         activity_half_life_s=params.cold_storage.max_idle_s)
         self.step = 0
         self._store: ColdStore | None = None
         self._hot: dict[str, Subgraph] = {}
@@ -1237,6 +1238,11 @@ class Mycelium:
     def domain_table(self) -> list[dict[str, Any]]:
         """Return one row per domain: tags, state, version, size, last use, accuracy and upstream inputs."""
         return domain_rows(self.controller.table)
+
+
+def routing_directory(params: Params) -> Path:
+    """Return the folder of the routing table and its history, which ``Mycelium(params)`` creates."""
+    return params.paths.run / "routing"
 
 
 def domain_rows(table: RoutingTable) -> list[dict[str, Any]]:

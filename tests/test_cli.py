@@ -597,6 +597,7 @@ class TestPatchAndRollback:
         assert err.startswith("warning: ")
         assert "routing_table.json does not exist" in err
         assert f"the folder of --params ({elsewhere})" in err
+        assert [path.name for path in elsewhere.iterdir()] == ["params.yaml"]
         assert run(project, capsys, "status")[2] == ""
 
     @pytest.mark.parametrize(
