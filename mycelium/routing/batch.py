@@ -434,23 +434,30 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     return served, record.version, upstream
 
 
-def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str):
-    """Return the record of ``domain`` once it is hot, remembering it first when it is cold."""
+def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str, *, request_rows: int | None = None):
+    """Return the record of ``domain`` once it is hot, remembering it first when it is cold.
+
+    ``request_rows`` is the number of rows that batch ``name`` requested, when ``rows`` are a
+    chain stage's stacked inputs (two slots of 100 requests make 200 rows); by default ``len(rows)``.
+    """
     record = system.controller.domain(domain)
-    if record.state == State.COLD.value:
-        result = system.remember(domain, recent=rows)
-        if not result.passed:
-            fix = (f"Fix the stored bundle or choose a version with `mycelium remember {domain} --version VERSION`, "
-                   "then route the batch again.")
-            if result.expectations_passed is False:
-                fix = (f"These rows break the domain's expectations, so correct those values and route them again. "
-                       f"{domain!r} stays cold until a batch that meets its expectations requests it.")
-            raise RoutingError(
-                f"Domain {domain!r} could not be restored ({result.reason}), so its {len(rows)} rows of batch "
-                f"{name!r} were not predicted. {fix}"
-            )
-        record = system.controller.domain(domain)
-    return record
+    if record.state != State.COLD.value:
+        return record
+    result = system.remember(domain, recent=rows)
+    if result.passed:
+        return system.controller.domain(domain)
+    count = len(rows) if request_rows is None else request_rows
+    if result.expectations_passed is False:
+        raise RoutingError(
+            f"The {count} rows of batch {name!r} failed the expectations of cold domain {domain!r}: "
+            f"{'; '.join(result.expectations_failures)}. The rows were not predicted, and {domain!r} stays cold "
+            "until a batch that meets its expectations requests it; correct those values and route the rows again."
+        )
+    raise RoutingError(
+        f"Domain {domain!r} could not be restored ({result.reason}), so the {count} rows of batch {name!r} were not "
+        f"predicted. Fix the stored bundle or choose a version with `mycelium remember {domain} --version VERSION`, "
+        "then route the batch again."
+    )
 
 
 def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate: bool, name: str) -> ChainInputs:
@@ -473,7 +480,10 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
         _validate_request(system, plan, frame, columns_of, name)
 
     def serve(stage: ChainStage, rows: pd.DataFrame, groups: np.ndarray) -> ServedStage:
-        record = _hot_record(system, stage.domain, rows, name)
+        # Each slot's group has one row per request, in request order, so expectation failures
+        # of the stacked rows name request rows.
+        request_index = frame.index[np.arange(len(rows)) % len(frame)]
+        record = _hot_record(system, stage.domain, rows.set_axis(request_index), name, request_rows=len(frame))
         subgraph = system.subgraph(stage.domain)
         # Slots read from the request were checked by _validate_request; outputs of inner stages were not.
         if validate and any(node.inputs for node in stage.nodes):
