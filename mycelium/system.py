@@ -45,7 +45,7 @@ from mycelium.errors import (
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
-from mycelium.routing.batch import chain_inputs, chained_request_domain, untagged_chained_reason
+from mycelium.routing.batch import chain_inputs, chained_request_domain, failed_restore_error, untagged_chained_reason
 from mycelium.routing.chains import UpstreamInput
 from mycelium.routing.chained import StageRecord, compute_inputs, schema_columns, subgraph_server
 from mycelium.routing.controller import DomainRecord, MetaController
@@ -244,13 +244,7 @@ class Mycelium:
             if not result.passed:
                 path = quarantine_batch(batch, name=name, reason=f"domain {domain} failed its validation gate",
                                         quarantine_dir=self.params.paths.quarantine)
-                fix = "Retry after fixing the stored bundle or roll back with `mycelium remember`."
-                if result.expectations_passed is False:
-                    fix = ("The batch breaks the domain's expectations, so correct those values and send it again; "
-                           "the domain stays cold until then.")
-                raise RoutingError(
-                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. {fix}"
-                )
+                raise failed_restore_error(result, len(batch), name, kept=path)
         subgraph = self.subgraph(domain)
         served_by = self.controller.domain(domain)
         try:

@@ -33,6 +33,7 @@ from mycelium.validation.expectations import require_valid, spec_for_rows
 from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
 if TYPE_CHECKING:
+    from mycelium.cold_storage.remembering import RememberResult
     from mycelium.system import Mycelium
 
 logger = logging.getLogger(__name__)
@@ -446,17 +447,28 @@ def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str, *,
     result = system.remember(domain, recent=rows)
     if result.passed:
         return system.controller.domain(domain)
-    count = len(rows) if request_rows is None else request_rows
+    raise failed_restore_error(result, len(rows) if request_rows is None else request_rows, name)
+
+
+def failed_restore_error(result: RememberResult, rows: int, name: str, kept: Path | None = None) -> RoutingError:
+    """Return the error for ``rows`` requested by batch ``name`` of a cold domain that stayed cold.
+
+    ``result`` is the failed Remembering. Rows that broke the domain's expectations are named
+    with their columns, values and row indexes, because the fix is in the batch, not the bundle.
+    ``kept`` is the quarantine folder of the batch, when the caller kept it.
+    """
+    domain = result.domain
+    where = f" The batch is kept in {kept}." if kept is not None else ""
     if result.expectations_passed is False:
-        raise RoutingError(
-            f"The {count} rows of batch {name!r} failed the expectations of cold domain {domain!r}: "
-            f"{'; '.join(result.expectations_failures)}. The rows were not predicted, and {domain!r} stays cold "
-            "until a batch that meets its expectations requests it; correct those values and route the rows again."
+        return RoutingError(
+            f"The {rows} rows of batch {name!r} failed the expectations of cold domain {domain!r}: "
+            f"{'; '.join(result.expectations_failures)}. The rows were not predicted.{where} {domain!r} stays cold "
+            "until a batch that meets its expectations requests it; correct those values and send the rows again."
         )
-    raise RoutingError(
-        f"Domain {domain!r} could not be restored ({result.reason}), so the {count} rows of batch {name!r} were not "
-        f"predicted. Fix the stored bundle or choose a version with `mycelium remember {domain} --version VERSION`, "
-        "then route the batch again."
+    return RoutingError(
+        f"Domain {domain!r} could not be restored ({result.reason}), so the {rows} rows of batch {name!r} were not "
+        f"predicted.{where} Fix the stored bundle or choose a version with `mycelium remember {domain} --version "
+        "VERSION`, then send the batch again."
     )
 
 
