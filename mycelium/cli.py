@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, StorageError
+from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, RoutingError, StorageError
 
 if TYPE_CHECKING:
     from mycelium.routing.batched import BatchedRoutes
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 # Default tag column of `route`.
 TAG_COLUMN = "tag"
+# The advice that ends an unknown-tag error of the routing table, which --tag replaces with its own.
+UNTAGGED_ADVICE = "Send it untagged to route by domain inference."
 # Exit code of `route` when it wrote predictions but routed no row.
 NOTHING_ROUTED = 1
 # Exit code of `route` when it wrote predictions but some rows have none: a batch failed, or no domain accepts them.
@@ -149,9 +151,15 @@ def cmd_route(args: argparse.Namespace) -> int:
     _check_output(output, args.file)
     system = _system(args)
     with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
-        routes = route_batches(system, frame, args.tag, tag_column=args.tag_column, batch_size=args.batch_size,
-                               validate=not args.no_validate, name=args.file.stem, fail_fast=args.fail_fast,
-                               on_batch=bar.update)
+        try:
+            routes = route_batches(system, frame, args.tag, tag_column=args.tag_column, batch_size=args.batch_size,
+                                   validate=not args.no_validate, name=args.file.stem, fail_fast=args.fail_fast,
+                                   on_batch=bar.update)
+        except RoutingError as exc:
+            # Only the check of --tag raises it, before any batch; a failed batch is reported in `routes`.
+            advice = str(exc).removesuffix(UNTAGGED_ADVICE).rstrip()
+            raise RoutingError(f"{advice} Pass a registered tag with --tag, or omit --tag to route the rows by "
+                               "domain inference.") from exc
 
     predictions = routes.predictions
     passthrough_columns = [c for c in (args.tag_column, "label") if c in frame.columns]
@@ -396,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--tag-column", default=None,
                        help="column with each row's tags (default: tag, if the file has it); a cell contains one tag "
                             "or several separated by commas. A column named here must exist")
-    route.add_argument("-o", "--output", type=Path, default=None,
+    route.add_argument("-o", "--output", type=_output_path, default=None,
                        help="output file, .csv or .parquet (default: FILE.predictions with FILE's suffix)")
     route.add_argument("--batch-size", type=_positive_int, default=1024,
                        help="rows routed and validated together (default: 1024)")
@@ -451,6 +459,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _output_path(text: str) -> Path:
+    # Path("") is Path("."), which would be reported as a file named ".".
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; pass a file such as predictions.parquet, or omit -o to write "
+                                         "FILE.predictions beside FILE")
+    return Path(text)
 
 
 def _check_output(output: Path, source: Path) -> None:

@@ -205,11 +205,16 @@ class TestRoute:
             (lambda d, rows: _csv(d, rows.assign(tag="vision/digits")), ["--tag", "vision/digits"],
              r"has a 'tag' column and --tag was given"),
             (lambda d, rows: _csv(d, rows), ["--tag", "audio/speech"],
-             r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]"),
+             r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]\. Pass a registered "
+             r"tag with --tag, or omit --tag to route the rows by domain inference\.$"),
+            (lambda d, rows: _csv(d, rows.assign(tag=7)), [], r"Tag 7 in column 'tag' \(row with index 0\) is int, not text"),
             (lambda d, rows: _csv(d, rows), ["--tag", ""],
              r"--tag '' is empty; pass a tag such as vision/digits, or omit --tag to route untagged rows"),
             (lambda d, rows: _csv(d, rows.drop(columns=["px_00"])), ["--tag", "vision/digits"],
-             r"missing columns \['px_00'\] that domain 'vision/digits' needs"),
+             r"missing columns \['px_00'\] that domain 'vision/digits' needs; add them"),
+            (lambda d, rows: _csv(d, rows.rename(columns={"px_00": "pixel_00"})), ["--tag", "vision/digits"],
+             r"missing columns \['px_00'\] that domain 'vision/digits' needs, and has columns \['pixel_00'\] that "
+             r"are not its inputs"),
             (lambda d, rows: _csv(d, rows.assign(source="vision/digits")), ["--tag-column", "sources"],
              r"has no --tag-column column 'sources'; its columns are px_00, px_01, .* and 58 more\."),
             (lambda d, rows: _csv(d, rows), ["--tag", "vision//digits"], r"Invalid tag 'vision//digits'"),
@@ -424,7 +429,7 @@ class TestRoute:
         quarantined = pd.read_parquet(Path(result["quarantine"][10]) / "batch.parquet")
         assert len(quarantined) == 10
         assert np.isnan(quarantined["px_07"].iloc[4])
-        assert "(rows 10-19, 20-29)" in err
+        assert err.startswith("error: 20 of 30 rows could not be routed or predicted (rows 10-19, 20-29)")
 
     def test_unwritable_output_fails_first(self, project, capsys, uci_digits):
         uci_digits.test.iloc[:10].to_csv(project / "batch.csv", index=False)
@@ -511,6 +516,13 @@ class TestRoute:
 
         assert exited.value.code == 2
         assert "must be at least 1, got 0" in capsys.readouterr().err
+
+    def test_empty_output_is_rejected(self, project, capsys):
+        with pytest.raises(SystemExit) as exited:
+            run(project, capsys, "route", "rows.csv", "-o", "")
+
+        assert exited.value.code == 2
+        assert "-o/--output: is empty; pass a file such as predictions.parquet" in capsys.readouterr().err
 
     def test_batch_size_must_be_number(self, project, capsys):
         with pytest.raises(SystemExit) as exited:

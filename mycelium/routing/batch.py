@@ -200,7 +200,8 @@ def route_batch(
             parts.append(DomainPart(None, None, len(positions), routes, positions=positions))
             continue
         try:
-            served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name)
+            served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name,
+                                                              tag_column=tag_column)
         except MyceliumError as exc:
             # An InputError comes from the columns of the whole file, so it stops the caller's run.
             if not isolate_failures or isinstance(exc, InputError):
@@ -280,7 +281,19 @@ def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str |
             raise InputError(
                 f"Got {len(values)} tags for {len(frame)} rows; pass one tag (or None) per row, or a single tag."
             )
-    keys = [_cell_key(value) for value in values]
+    keys = []
+    for position, value in enumerate(values):
+        try:
+            keys.append(_cell_key(value))
+        except InputError as exc:
+            if tags is not None:
+                raise
+            raise InputError(
+                f"Tag {value!r} in column {tag_column!r} (row with index {frame.index[position]}) is "
+                f"{type(value).__name__}, not text; a tag is a string such as 'vision/digits'. If {tag_column!r} does "
+                "not contain tags, rename it, or pass the column that does as the tag column (--tag-column in "
+                "`mycelium route`)."
+            ) from exc
     first = keys[0]
     if all(key == first for key in keys):
         return first
@@ -297,7 +310,7 @@ def _cell_key(value: Any) -> str | None:
         return ",".join(str(tag).strip() for tag in value) or None
     if pd.isna(value):
         return None
-    raise InputError(f"Tag {value!r} is a {type(value).__name__}; a tag is a string such as 'vision/digits'.")
+    raise InputError(f"Tag {value!r} is {type(value).__name__}, not text; a tag is a string such as 'vision/digits'.")
 
 
 def _assign_domains(
@@ -405,7 +418,8 @@ def _not_finite(group: pd.DataFrame) -> str | None:
     return None
 
 
-def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate: bool, name: str):
+def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate: bool, name: str,
+                  tag_column: str = TAG_COLUMN):
     """Return the prediction of ``domain`` for ``rows``, the subgraph version that made it, and
     for a chained domain the record of every stage (empty otherwise)."""
     upstream: list[StageRecord] = []
@@ -417,10 +431,10 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     present = set(rows.columns)
     missing = [column for column in subgraph.schema.columns if column not in present]
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InputError(
-            f"Batch {name!r} is missing columns {missing[:5]}{more} that domain {domain!r} needs; add them, "
-            "or tag these rows for the domain whose input columns they have."
+            f"Batch {name!r} is missing columns {_preview(missing)} that domain {domain!r} needs"
+            f"{_unused_columns(rows, subgraph.schema.columns, tag_column)}; add them, or tag these rows for the "
+            "domain whose input columns they have."
         )
     if validate:
         _validate_part(system, domain, rows, subgraph.info["expectations"], name)
@@ -435,11 +449,30 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     return served, record.version, upstream
 
 
+def _preview(columns: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(columns) - limit} more" if len(columns) > limit else ""
+    return f"{list(columns[:limit])}{more}"
+
+
+def _unused_columns(rows: pd.DataFrame, inputs: Sequence[str], tag_column: str) -> str:
+    """Return a clause naming the filled columns of ``rows`` that are not ``inputs``, the label or
+    the tags, such as input columns under another name; empty when there are none.
+
+    Columns without a value in these rows are left out, because in a mixed file they are
+    another domain's columns.
+    """
+    known = {*inputs, LABEL, tag_column}
+    unused = [str(column) for column in rows.columns if column not in known and rows[column].notna().any()]
+    if not unused:
+        return ""
+    return f", and has columns {_preview(unused)} that are not its inputs (renamed input columns?)"
+
+
 def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str, *, request_rows: int | None = None):
     """Return the record of ``domain`` once it is hot, remembering it first when it is cold.
 
-    ``request_rows`` is the number of rows that batch ``name`` requested, when ``rows`` are a
-    chain stage's stacked inputs (two slots of 100 requests make 200 rows); by default ``len(rows)``.
+    ``request_rows`` is the number of rows that batch ``name`` requested. Pass it when ``rows``
+    are a chain stage's stacked inputs, where two slots of 100 requests make 200 rows.
     """
     record = system.controller.domain(domain)
     if record.state != State.COLD.value:
