@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,7 +134,9 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.tag is not None and not args.tag.strip():
         raise InputError(f"--tag {args.tag!r} is empty; pass a tag such as vision/digits, or omit --tag to route "
                          "untagged rows by their OOD scores.")
-    frame = _read_frame(args.file).reset_index(drop=True)
+    frame = _read_frame(args.file)
+    if not _keeps_row_numbers(frame.index):
+        frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
     if args.tag_column is None:
@@ -166,7 +169,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     result = pd.concat([frame.loc[predictions.index, passthrough_columns], predictions], axis=1)
     result.insert(0, "row", predictions.index)
     if routes.stopped is not None:
-        raise _stopped_route(routes, result, output, len(frame))
+        raise _stopped_route(routes, result, output, frame.index)
     _write_output(result, output)
     predicted = result["prediction"].notna()
     counts = result.loc[predicted, "domain"].value_counts()
@@ -197,31 +200,40 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
-def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
+def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, rows: pd.Index) -> MyceliumError:
     """Write the rows routed before the run stopped, and return the error that stopped it.
 
-    The notes added to the error name the folder of the failed rows and the rows to route again.
+    ``rows`` are the row numbers of the input. The notes added to the error name the folder of
+    the failed rows and the rows to route again.
     """
     from mycelium.routing.batched import ERROR_COLUMN
 
     exc = routes.stopped
     first_left = routes.stopped_row
+    left = rows[first_left:]
     # --fail-fast stopped in a batch whose failed rows are the last failures; an InputError has none.
     for failure in routes.failures:
-        if failure.first_row >= first_left and failure.quarantine_path not in str(exc):
-            consecutive = failure.last_row - failure.first_row + 1 == failure.rows
-            rows = f"{failure.first_row} to {failure.last_row}" if consecutive else _row_ranges(failure.positions)
-            exc.add_note(f"Rows {rows} are kept in {failure.quarantine_path}.")
+        if failure.first_row in left and failure.quarantine_path not in str(exc):
+            exc.add_note(f"Rows {_row_span(failure.positions)} are kept in {failure.quarantine_path}.")
     if first_left == 0:
         return exc
     written = result.iloc[:first_left]
     failed = int(written[ERROR_COLUMN].notna().sum())
     without = f", {failed} of them without a prediction (see its 'error' column)" if failed else ""
-    exc.add_note(f"Rows 0 to {first_left - 1} were written to {output}{without}; rows {first_left} to "
-                 f"{total_rows - 1} were not routed. Fix the rows above, then route rows {first_left} to "
-                 f"{total_rows - 1} again.")
+    exc.add_note(f"Rows {_row_span(rows[:first_left])} were written to {output}{without}; rows {_row_span(left)} "
+                 f"were not routed. Fix the rows above, then route rows {_row_span(left)} again.")
     _write_output(written, output)
     return exc
+
+
+def _keeps_row_numbers(index: pd.Index) -> bool:
+    """Return True when a file's stored index numbers its rows.
+
+    A quarantined batch keeps the row numbers of the file it came from this way. A plain
+    0-based index numbers rows by position, which route does anyway.
+    """
+    return (not isinstance(index, pd.RangeIndex) and pd.api.types.is_integer_dtype(index) and index.is_unique
+            and bool((index >= 0).all()))
 
 
 def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
@@ -245,7 +257,14 @@ def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Na
             f"Fix them and route each again with `mycelium route {rerun} -o OUTPUT{options}`.")
 
 
-def _row_ranges(positions: tuple[int, ...], limit: int = 4) -> str:
+def _row_span(rows: Sequence[int]) -> str:
+    """Return consecutive row numbers as ``first to last``, and others as runs such as ``3, 5-9``."""
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return f"{rows[0]} to {rows[-1]}"
+    return _row_ranges(rows)
+
+
+def _row_ranges(positions: Sequence[int], limit: int = 4) -> str:
     """Return sorted row positions as runs, e.g. ``3, 5-9, 12``, with at most ``limit`` runs shown."""
     runs: list[list[int]] = []
     for position in positions:
@@ -253,9 +272,9 @@ def _row_ranges(positions: tuple[int, ...], limit: int = 4) -> str:
             runs[-1][1] = position
         else:
             runs.append([position, position])
-    shown = [str(first) if first == last else f"{first}-{last}" for first, last in runs[:limit]]
+    listed = [str(first) if first == last else f"{first}-{last}" for first, last in runs[:limit]]
     more = f" and {len(runs) - limit} more runs" if len(runs) > limit else ""
-    return ", ".join(shown) + more
+    return ", ".join(listed) + more
 
 
 def _column_list(frame: pd.DataFrame) -> str:

@@ -456,6 +456,31 @@ class TestRoute:
         assert (code, err) == (0, "")
         assert pd.read_csv(project / "again.csv")["prediction"].notna().all()
 
+    def test_quarantined_rows_keep_file_row_numbers(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[25], "px_20"] = 99.0
+        rows.to_csv(project / "batch.csv", index=False)
+        run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--batch-size", "10",
+            "--no-progress")
+        folder = Path(pd.read_csv(project / "batch.predictions.csv")["quarantine"][20])
+
+        code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "--tag", DOMAIN, "-o",
+                           str(project / "again.csv"), "--batch-size", "4", "--no-progress")
+
+        result = pd.read_csv(project / "again.csv")
+        assert code == ROWS_FAILED
+        assert result["row"].tolist() == list(range(20, 30))
+        assert result["prediction"].isna().tolist() == [False] * 4 + [True] * 4 + [False] * 2
+        assert result["error"][4].startswith("Batch 'vision/digits:batch-rows-24-27' (4 rows)")
+        assert "(rows with index 25)" in result["error"][4]
+        assert err.startswith("error: 4 of 10 rows failed validation or routing (rows 24-27)")
+        code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "--tag", DOMAIN, "-o",
+                           str(project / "again.csv"), "--batch-size", "4", "--fail-fast", "--no-progress")
+        assert code == 2
+        assert err.strip().splitlines()[-1].endswith("rows 24 to 29 were not routed. Fix the rows above, then route "
+                                                     "rows 24 to 29 again.")
+        assert pd.read_csv(project / "again.csv")["row"].tolist() == [20, 21, 22, 23]
+
     def test_fail_fast_writes_rows_routed_before(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:40].copy()
         rows.loc[rows.index[25], "px_20"] = 99.0

@@ -39,7 +39,7 @@ QUARANTINE_COLUMN = "quarantine"
 class FailedRows:
     """Rows of one batch that failed together and are kept in one quarantine folder: the whole
     batch, the part of a mixed batch that went to one domain, or (with ``fail_fast``) a group
-    of rows that no domain accepts. Rows are 0-based positions in the routed frame.
+    of rows that no domain accepts. Rows are named by their index in the routed frame.
     """
 
     positions: tuple[int, ...]
@@ -64,10 +64,11 @@ class BatchedRoutes:
     """Outcome of ``route_batches``.
 
     ``predictions`` has one row per attempted input row, in input order and indexed by the
-    row's position in the input frame, with the columns of ``RoutedPredictions.to_frame()``
+    row's index in the input frame, with the columns of ``RoutedPredictions.to_frame()``
     and ``error`` and ``quarantine``. When ``stopped`` is set, the run stopped at that error
-    in the batch that starts at row ``stopped_row``: the rows before it are routed, and
-    ``predictions`` ends with that batch (fail_fast) or before it (an InputError).
+    in the batch whose first row is at position ``stopped_row`` of the frame: the rows before
+    it are routed, and ``predictions`` ends with that batch (fail_fast) or before it (an
+    InputError).
     Otherwise ``predictions`` has every row.
     """
 
@@ -104,8 +105,10 @@ def route_batches(
 
     Args:
         system: the deployment whose routing table and subgraphs serve the rows.
-        frame: the rows, with a 0-based RangeIndex (``frame.reset_index(drop=True)``), so
-            that validation messages and outputs name rows by their position.
+        frame: the rows, indexed by unique integers that name them in validation messages,
+            batch names and outputs: a 0-based RangeIndex (``frame.reset_index(drop=True)``)
+            names rows by position, and a quarantined batch keeps the row numbers of the frame
+            it came from.
         tag: one tag (or comma-separated tags) for every row. Without it, the tags are read
             from ``frame[tag_column]`` when that column exists, and untagged rows are routed
             by domain inference.
@@ -123,16 +126,16 @@ def route_batches(
 
     Raises:
         EmptyDataError: ``frame`` has no rows.
-        InputError: ``batch_size`` is below 1, ``frame`` does not have a RangeIndex, or ``tag`` is
-            empty.
+        InputError: ``batch_size`` is below 1, ``frame``'s index is not unique integers, or ``tag``
+            is empty.
         RoutingError: ``tag`` is invalid or unknown. Nothing is routed then.
     """
     if len(frame) == 0:
         raise EmptyDataError(f"{name!r} has no rows; there is nothing to route.")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    if not frame.index.equals(pd.RangeIndex(len(frame))):
-        raise InputError(f"{name!r} must have a 0-based RangeIndex; pass frame.reset_index(drop=True).")
+    if not (pd.api.types.is_integer_dtype(frame.index) and frame.index.is_unique):
+        raise InputError(f"{name!r} must have an index of unique integers; pass frame.reset_index(drop=True).")
     if tag is not None and not tag.strip():
         raise InputError(f"The tag for every row of {name!r} is empty; pass a tag such as 'vision/digits', "
                          "or None to route untagged rows by domain inference.")
@@ -147,7 +150,7 @@ def route_batches(
     try:
         for start in range(0, len(frame), batch_size):
             batch = _numbers_from_text(frame.iloc[start : start + batch_size], keep=tag_column)
-            batch_name = f"{name}-rows-{start}-{start + len(batch) - 1}"
+            batch_name = f"{name}-rows-{batch.index[0]}-{batch.index[-1]}"
             try:
                 routed = route_batch(system, batch, tag, tag_column=tag_column, validate=validate, name=batch_name,
                                      isolate_failures=True)
