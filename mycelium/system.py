@@ -54,6 +54,7 @@ from mycelium.routing.table import RoutingTable
 from mycelium.routing.tags import safe_name
 from mycelium.subgraph import Subgraph, load_subgraph, save_subgraph
 from mycelium.validation.expectations import require_valid
+from mycelium.validation.finite import non_finite_columns
 from mycelium.validation.quarantine import quarantine_batch
 
 logger = logging.getLogger(__name__)
@@ -307,12 +308,11 @@ class Mycelium:
         Untagged batches have no domain expectations yet, but the OOD scores need finite numbers
         and a new expert trained on the queue needs valid labels.
         """
-        features = batch.drop(columns=[LABEL], errors="ignore")
-        problems = [f"column {c!r} is {features[c].dtype}, not numeric"
-                    for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-        numeric = features.select_dtypes("number")
-        counts = (~np.isfinite(numeric.to_numpy(dtype=float))).sum(axis=0)
-        problems += [f"column {c!r} has {int(n)} NaN or infinite values" for c, n in zip(numeric.columns, counts) if n]
+        problems = [
+            f"column {found.column!r} has {len(found.positions)} NaN or infinite values" if found.numeric
+            else f"column {found.column!r} is {found.dtype}, not numeric"
+            for found in non_finite_columns(batch.drop(columns=[LABEL], errors="ignore"))
+        ]
         if LABEL in batch:
             labels = pd.to_numeric(batch[LABEL], errors="coerce")
             invalid = batch[LABEL][~(labels.notna() & (labels >= 0) & (labels % 1 == 0))]

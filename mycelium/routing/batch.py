@@ -30,6 +30,7 @@ from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, comp
 from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
 from mycelium.validation.expectations import require_valid, spec_for_rows
+from mycelium.validation.finite import non_finite_columns
 from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
 if TYPE_CHECKING:
@@ -403,17 +404,18 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
             yield positions[members], domain, evidence, f"inferred: {evidence['reason']}", None
             continue
         # Rows no domain takes are kept for inspection rather than only marked in the output.
-        kept = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
-                                quarantine_dir=system.params.paths.quarantine)
-        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {kept}", str(kept)
+        folder = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
+                                  quarantine_dir=system.params.paths.quarantine)
+        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {folder}", str(folder)
 
 
 def _not_finite(group: pd.DataFrame) -> str | None:
-    features = group.drop(columns=[LABEL], errors="ignore")
-    text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    problems = non_finite_columns(group.drop(columns=[LABEL], errors="ignore"))
+    text = [found.column for found in problems if not found.numeric]
     if text:
         return f"columns {text[:5]} are not numeric, so no domain's OOD score applies"
-    if not np.isfinite(features.to_numpy(dtype=float)).all():
+    if problems:
+        # Each group fills the same columns, so a value that is not finite is infinite, not NaN.
         return "some values are infinite, so no domain's OOD score applies"
     return None
 
@@ -602,16 +604,16 @@ def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns:
     cannot score such a value, and the batch would otherwise end in an error that keeps none of
     its rows.
     """
-    values = rows[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if not bad.any():
+    problems = [found for found in non_finite_columns(rows, columns) if len(found.positions)]
+    if not problems:
         return
-    row_numbers, column_numbers = np.nonzero(bad)
-    column = columns[column_numbers[0]]
-    first = rows.index[row_numbers[0]]
+    bad_rows = np.unique(np.concatenate([found.positions for found in problems]))
+    # The first bad value in row-major order: the first bad row, and its first bad column.
+    column = next(found.column for found in problems if bad_rows[0] in found.positions)
+    first = rows.index[bad_rows[0]]
     value = rows.at[first, column]
     value = value.item() if isinstance(value, np.generic) else value
-    reason = (f"{int(bad.any(axis=1).sum())} of {len(rows)} rows contain a value that is not a finite number, "
+    reason = (f"{len(bad_rows)} of {len(rows)} rows contain a value that is not a finite number, "
               f"first {value!r} in column {column!r} (rows with index {first})")
     path = quarantine_batch(rows, name=f"{domain}:{name}", reason=reason, quarantine_dir=system.params.paths.quarantine)
     system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name, path=path, reason=reason)
