@@ -29,7 +29,7 @@ from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
 from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
-from mycelium.validation.expectations import require_valid, spec_for_rows
+from mycelium.validation.expectations import require_valid, spec_columns
 from mycelium.validation.finite import non_finite_columns
 from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
@@ -625,10 +625,9 @@ def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns:
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:
-    spec = spec_for_rows(spec, rows)
-    columns = [c for c in spec["columns"] if c in rows.columns]
+    checked, spec = spec_columns(rows, spec)
     try:
-        require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine,
+        require_valid(checked, spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine,
                       quarantine_rows=rows)
     except DataValidationError as exc:
         system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name,
