@@ -214,7 +214,7 @@ def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, ro
     # --fail-fast stopped in a batch whose failed rows are the last failures; an InputError has none.
     for failure in routes.failures:
         if failure.first_row in left and failure.quarantine_path not in str(exc):
-            exc.add_note(f"Rows {_row_span(failure.positions)} are kept in {failure.quarantine_path}.")
+            exc.add_note(f"Rows {_row_span(failure.row_numbers)} are kept in {failure.quarantine_path}.")
     if first_left == 0:
         return exc
     written = result.iloc[:first_left]
@@ -239,7 +239,7 @@ def _keeps_row_numbers(index: pd.Index) -> bool:
 def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
     """Return one line on the failed rows: how many, where they are kept, how to route them again."""
     failures = routes.failures
-    ranges = ", ".join(_row_ranges(f.positions) for f in failures[:3])
+    ranges = ", ".join(_row_ranges(f.row_numbers) for f in failures[:3])
     folders = ", ".join(f.quarantine_path for f in failures[:3])
     if len(failures) > 3:
         ranges += f" and {len(failures) - 3} more groups"
@@ -264,14 +264,14 @@ def _row_span(rows: Sequence[int]) -> str:
     return _row_ranges(rows)
 
 
-def _row_ranges(positions: Sequence[int], limit: int = 4) -> str:
-    """Return sorted row positions as runs, e.g. ``3, 5-9, 12``, with at most ``limit`` runs shown."""
+def _row_ranges(rows: Sequence[int], limit: int = 4) -> str:
+    """Return sorted row numbers as runs, e.g. ``3, 5-9, 12``, with at most ``limit`` runs shown."""
     runs: list[list[int]] = []
-    for position in positions:
-        if runs and position == runs[-1][1] + 1:
-            runs[-1][1] = position
+    for row in rows:
+        if runs and row == runs[-1][1] + 1:
+            runs[-1][1] = row
         else:
-            runs.append([position, position])
+            runs.append([row, row])
     listed = [str(first) if first == last else f"{first}-{last}" for first, last in runs[:limit]]
     more = f" and {len(runs) - limit} more runs" if len(runs) > limit else ""
     return ", ".join(listed) + more

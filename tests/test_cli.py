@@ -375,6 +375,25 @@ class TestRoute:
         assert out.strip().endswith(f": 10 rows -> {DOMAIN}, 10 rows failed")
         assert err.startswith("error: 10 of 20 rows failed validation or routing (rows 5-9, 15-19)")
 
+    def test_fail_fast_stops_at_failed_part(self, two_domain_project, capsys, uci_digits):
+        tags = [DOMAIN] * 10 + ([DOMAIN] * 5 + [COPY_DOMAIN] * 5) + [DOMAIN] * 10
+        rows = uci_digits.test.iloc[:30].assign(tag=tags)
+        rows.loc[rows.index[17], "px_20"] = 99.0
+        rows.to_csv(two_domain_project / "batch.csv", index=False)
+
+        code, _, err = run(two_domain_project, capsys, "route", str(two_domain_project / "batch.csv"),
+                           "--batch-size", "10", "--fail-fast", "--no-progress")
+
+        lines = err.strip().splitlines()
+        result = pd.read_csv(two_domain_project / "batch.predictions.csv")
+        assert code == 2
+        assert lines[0].startswith(f"error: Batch '{COPY_DOMAIN}:batch-rows-10-19' (5 rows) failed")
+        assert "(rows with index 17)" in err
+        assert lines[-1].endswith("rows 10 to 29 were not routed. Fix the rows above, then route rows 10 to 29 again.")
+        assert result["row"].tolist() == list(range(10))
+        assert result["prediction"].notna().all()
+        assert len(list(system_of(two_domain_project).params.paths.quarantine.iterdir())) == 1
+
     def test_fail_fast_stops_at_unrouted_rows(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].copy()
         rows.loc[rows.index[10:20], rows.columns != "label"] = 16.0

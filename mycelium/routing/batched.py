@@ -39,24 +39,24 @@ QUARANTINE_COLUMN = "quarantine"
 class FailedRows:
     """Rows of one batch that failed together and are kept in one quarantine folder: the whole
     batch, the part of a mixed batch that went to one domain, or (with ``fail_fast``) a group
-    of rows that no domain accepts. Rows are named by their index in the routed frame.
+    of rows that no domain accepts. ``row_numbers`` are the rows' index labels in the routed frame.
     """
 
-    positions: tuple[int, ...]
+    row_numbers: tuple[int, ...]
     error: str
     quarantine_path: str
 
     @property
     def rows(self) -> int:
-        return len(self.positions)
+        return len(self.row_numbers)
 
     @property
     def first_row(self) -> int:
-        return self.positions[0]
+        return self.row_numbers[0]
 
     @property
     def last_row(self) -> int:
-        return self.positions[-1]
+        return self.row_numbers[-1]
 
 
 @dataclass
@@ -68,8 +68,7 @@ class BatchedRoutes:
     and ``error`` and ``quarantine``. When ``stopped`` is set, the run stopped at that error
     in the batch whose first row is at position ``stopped_row`` of the frame: the rows before
     it are routed, and ``predictions`` ends with that batch (fail_fast) or before it (an
-    InputError).
-    Otherwise ``predictions`` has every row.
+    InputError). Otherwise ``predictions`` has every row.
     """
 
     predictions: pd.DataFrame
@@ -190,8 +189,8 @@ def _failed_parts(routed: RoutedPredictions, index: pd.Index) -> tuple[list[Fail
     for part in routed.parts:
         if part.error is None:
             continue
-        positions = tuple(int(row) for row in index[part.positions])
-        failures.append(FailedRows(positions, one_line(part.error), str(part.quarantine)))
+        row_numbers = tuple(int(row) for row in index[part.positions])
+        failures.append(FailedRows(row_numbers, one_line(part.error), str(part.quarantine)))
         first_error = first_error or part.error
     return failures, first_error
 
