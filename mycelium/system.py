@@ -45,7 +45,13 @@ from mycelium.errors import (
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
-from mycelium.routing.batch import chain_inputs, chained_request_domain, failed_restore_error, untagged_chained_reason
+from mycelium.routing.batch import (
+    chain_inputs,
+    chained_request_domain,
+    failed_restore_error,
+    unused_columns_clause,
+    untagged_chained_reason,
+)
 from mycelium.routing.chains import UpstreamInput
 from mycelium.routing.chained import StageRecord, compute_inputs, schema_columns, subgraph_server
 from mycelium.routing.controller import DomainRecord, MetaController
@@ -526,8 +532,8 @@ class Mycelium:
         missing = [c for c in record.columns if c not in data.columns]
         if missing:
             raise InputError(
-                f"Patch data {name!r} lacks {len(missing)} input columns of {domain!r}, e.g. {missing[:5]}; "
-                "a patch needs every column of the domain's schema."
+                f"Patch data {name!r} lacks {len(missing)} input columns of {domain!r}, e.g. {missing[:5]}"
+                f"{unused_columns_clause(data, record.columns)}; a patch needs every column of the domain's schema."
             )
         if LABEL not in data.columns or data[LABEL].isna().any():
             unlabelled = len(data) if LABEL not in data.columns else int(data[LABEL].isna().sum())

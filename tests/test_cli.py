@@ -689,7 +689,9 @@ class TestPatchAndRollback:
             (lambda rows: rows.drop(columns=["label"]), DOMAIN, r"has 20 rows without a 'label' value"),
             (lambda rows: rows.assign(label=np.where(np.arange(20) < 3, np.nan, rows["label"])), DOMAIN,
              r"has 3 rows without a 'label' value"),
-            (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
+            (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'\]; a"),
+            (lambda rows: rows.rename(columns={"px_05": "pixel_05"}), DOMAIN,
+             r"lacks 1 input columns .*\['px_05'\], and has columns \['pixel_05'\] that are not its inputs"),
             (lambda rows: rows.iloc[:0], DOMAIN, r"has no rows; train-patch needs labelled rows"),
             (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 400 labelled rows"),
             (lambda rows: rows, DOMAIN, r"got 20 rows, so its held-out part has 4; .* needs \d+ held-out rows\. "

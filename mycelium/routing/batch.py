@@ -435,7 +435,7 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     if missing:
         raise InputError(
             f"Batch {name!r} is missing columns {_preview(missing)} that domain {domain!r} needs"
-            f"{_unused_columns(rows, subgraph.schema.columns, tag_column)}; add them, or tag these rows for the "
+            f"{unused_columns_clause(rows, subgraph.schema.columns, tag_column)}; add them, or tag these rows for the "
             "domain whose input columns they have."
         )
     if validate:
@@ -456,10 +456,11 @@ def _preview(columns: Sequence[str], limit: int = 5) -> str:
     return f"{list(columns[:limit])}{more}"
 
 
-def _unused_columns(rows: pd.DataFrame, inputs: Sequence[str], tag_column: str) -> str:
+def unused_columns_clause(rows: pd.DataFrame, inputs: Sequence[str], tag_column: str | None = None) -> str:
     """Return a clause naming the filled columns of ``rows`` that are not ``inputs``, the label or
     the tags, such as input columns under another name; empty when there are none.
 
+    An error on missing input columns appends it, so that renamed columns are named too.
     Columns without a value in these rows are left out, because in a mixed file they are
     another domain's columns.
     """
