@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, StorageError
+from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, RoutingError, StorageError
 
 if TYPE_CHECKING:
     from mycelium.routing.batched import BatchedRoutes
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 # Default tag column of `route`.
 TAG_COLUMN = "tag"
+# The advice that ends an unknown-tag error of the routing table, which --tag replaces with its own.
+UNTAGGED_ADVICE = "Send it untagged to route by domain inference."
 # Exit code of `route` when it wrote predictions but routed no row.
 NOTHING_ROUTED = 1
 # Exit code of `route` when it wrote predictions but some rows have none: a batch failed, or no domain accepts them.
@@ -61,23 +64,34 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from mycelium.config import load_params
     from mycelium.routing.controller import TABLE_FILE
-    from mycelium.system import domain_rows
+    from mycelium.system import Mycelium, domain_rows, routing_directory
 
-    system = _system(args)
     if args.table_version is not None and args.at is not None:
         raise InputError("Pass --table-version or --at, not both.")
-    if args.table_version is not None:
-        rows = domain_rows(system.controller.table_at(_table_version(system, args.table_version)))
-    elif args.at is not None:
-        rows = domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+    params = load_params(args.params)
+    table_file = routing_directory(params) / TABLE_FILE
+    if not table_file.parent.exists():
+        # Mycelium(params) would create the run folders, so a folder where nothing has run is only read.
+        if args.table_version is not None:
+            _table_version(0, args.table_version)
+        if args.at is not None:
+            _timestamp(args.at)
+        rows = []
     else:
-        rows = system.domain_table()
+        system = Mycelium(params)
+        if args.table_version is not None:
+            version = _table_version(system.controller.table.version, args.table_version)
+            rows = domain_rows(system.controller.table_at(version))
+        elif args.at is not None:
+            rows = domain_rows(system.controller.table_at_time(_timestamp(args.at)))
+        else:
+            rows = system.domain_table()
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         _print_table(rows)
-    table_file = system.controller.directory / TABLE_FILE
     if not table_file.exists():
         print(f"warning: {table_file} does not exist, so no domain is registered. The project folder is the "
               f"folder of --params ({args.params.resolve().parent}); run the pipeline there first (make repro), "
@@ -120,7 +134,9 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.tag is not None and not args.tag.strip():
         raise InputError(f"--tag {args.tag!r} is empty; pass a tag such as vision/digits, or omit --tag to route "
                          "untagged rows by their OOD scores.")
-    frame = _read_frame(args.file).reset_index(drop=True)
+    frame = _read_frame(args.file)
+    if not _keeps_row_numbers(frame.index):
+        frame = frame.reset_index(drop=True)
     if len(frame) == 0:
         raise EmptyDataError(f"{args.file} has no rows; there is nothing to route.")
     if args.tag_column is None:
@@ -138,16 +154,22 @@ def cmd_route(args: argparse.Namespace) -> int:
     _check_output(output, args.file)
     system = _system(args)
     with tqdm(total=len(frame), unit="rows", desc=f"routing {args.file.name}", disable=args.no_progress or None) as bar:
-        routes = route_batches(system, frame, args.tag, tag_column=args.tag_column, batch_size=args.batch_size,
-                               validate=not args.no_validate, name=args.file.stem, fail_fast=args.fail_fast,
-                               on_batch=bar.update)
+        try:
+            routes = route_batches(system, frame, args.tag, tag_column=args.tag_column, batch_size=args.batch_size,
+                                   validate=not args.no_validate, name=args.file.stem, fail_fast=args.fail_fast,
+                                   on_batch=bar.update)
+        except RoutingError as exc:
+            # Only the check of --tag raises it, before any batch; a failed batch is reported in `routes`.
+            advice = str(exc).removesuffix(UNTAGGED_ADVICE).rstrip()
+            raise RoutingError(f"{advice} Pass a registered tag with --tag, or omit --tag to route the rows by "
+                               "domain inference.") from exc
 
     predictions = routes.predictions
     passthrough_columns = [c for c in (args.tag_column, "label") if c in frame.columns]
     result = pd.concat([frame.loc[predictions.index, passthrough_columns], predictions], axis=1)
     result.insert(0, "row", predictions.index)
     if routes.stopped is not None:
-        raise _stopped_route(routes, result, output, len(frame))
+        raise _stopped_route(routes, result, output, frame.index)
     _write_output(result, output)
     predicted = result["prediction"].notna()
     counts = result.loc[predicted, "domain"].value_counts()
@@ -178,51 +200,81 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
-def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, total_rows: int) -> MyceliumError:
+def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, rows: pd.Index) -> MyceliumError:
     """Write the rows routed before the run stopped, and return the error that stopped it.
 
-    The notes added to the error name the folder of the failed rows and the rows to route again.
+    ``rows`` are the row numbers of the input. The notes added to the error name the folder of
+    the failed rows and the rows to route again.
     """
     from mycelium.routing.batched import ERROR_COLUMN
 
     exc = routes.stopped
-    first_left = len(result)
-    if not isinstance(exc, InputError):
-        # --fail-fast stopped at a failed batch, which is the last one in the result.
-        failure = routes.failures[-1]
-        first_left = failure.first_row
-        if failure.quarantine_path not in str(exc):
-            exc.add_note(f"Rows {failure.first_row} to {failure.last_row} are kept in {failure.quarantine_path}.")
+    first_left = routes.stopped_row
+    left = rows[first_left:]
+    # --fail-fast stopped in a batch whose failed rows are the last failures; an InputError has none.
+    for failure in routes.failures:
+        if failure.first_row in left and failure.quarantine_path not in str(exc):
+            exc.add_note(f"Rows {_row_span(failure.row_numbers)} are kept in {failure.quarantine_path}.")
     if first_left == 0:
         return exc
     written = result.iloc[:first_left]
     failed = int(written[ERROR_COLUMN].notna().sum())
     without = f", {failed} of them without a prediction (see its 'error' column)" if failed else ""
-    exc.add_note(f"Rows 0 to {first_left - 1} were written to {output}{without}; rows {first_left} to "
-                 f"{total_rows - 1} were not routed. Fix the rows above, then route rows {first_left} to "
-                 f"{total_rows - 1} again.")
+    exc.add_note(f"Rows {_row_span(rows[:first_left])} were written to {output}{without}; rows {_row_span(left)} "
+                 f"were not routed. Fix the rows above, then route rows {_row_span(left)} again.")
     _write_output(written, output)
     return exc
+
+
+def _keeps_row_numbers(index: pd.Index) -> bool:
+    """Return True when a file's stored index numbers its rows.
+
+    A quarantined batch keeps the row numbers of the file it came from this way. A plain
+    0-based index numbers rows by position, which route does anyway.
+    """
+    return (not isinstance(index, pd.RangeIndex) and pd.api.types.is_integer_dtype(index) and index.is_unique
+            and bool((index >= 0).all()))
 
 
 def _describe_failed_rows(routes: BatchedRoutes, output: Path, args: argparse.Namespace) -> str:
     """Return one line on the failed rows: how many, where they are kept, how to route them again."""
     failures = routes.failures
-    ranges = ", ".join(str(f.first_row) if f.rows == 1 else f"{f.first_row}-{f.last_row}" for f in failures[:3])
+    ranges = ", ".join(_row_ranges(f.row_numbers) for f in failures[:3])
     folders = ", ".join(f.quarantine_path for f in failures[:3])
     if len(failures) > 3:
-        ranges += f" and {len(failures) - 3} more batches"
+        ranges += f" and {len(failures) - 3} more groups"
         folders += f" and {len(failures) - 3} more (see the 'quarantine' column)"
-    where = "The failed batch is kept in" if len(failures) == 1 else "The failed batches are kept in"
+    where = "They are kept in" if len(failures) == 1 else "They are kept in the folders"
     rerun = shlex.quote(str(Path(failures[0].quarantine_path) / "batch.parquet")) if len(failures) == 1 else "FOLDER/batch.parquet"
     options = ""
     if args.tag is not None:
         options += f" --tag {shlex.quote(args.tag)}"
     if args.tag_column != TAG_COLUMN:
         options += f" --tag-column {shlex.quote(args.tag_column)}"
-    return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} failed validation or routing (rows {ranges}) "
+    failed = "failed validation or routing" if not args.no_validate else "could not be routed or predicted"
+    return (f"{routes.failed_rows} of {_rows(len(routes.predictions))} {failed} (rows {ranges}) "
             f"and have no prediction; the 'error' column of {output} gives the reason. {where} {folders}. "
             f"Fix them and route each again with `mycelium route {rerun} -o OUTPUT{options}`.")
+
+
+def _row_span(rows: Sequence[int]) -> str:
+    """Return consecutive row numbers as ``first to last``, and others as runs such as ``3, 5-9``."""
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return f"{rows[0]} to {rows[-1]}"
+    return _row_ranges(rows)
+
+
+def _row_ranges(rows: Sequence[int], limit: int = 4) -> str:
+    """Return sorted row numbers as runs, e.g. ``3, 5-9, 12``, with at most ``limit`` runs shown."""
+    runs: list[list[int]] = []
+    for row in rows:
+        if runs and row == runs[-1][1] + 1:
+            runs[-1][1] = row
+        else:
+            runs.append([row, row])
+    listed = [str(first) if first == last else f"{first}-{last}" for first, last in runs[:limit]]
+    more = f" and {len(runs) - limit} more runs" if len(runs) > limit else ""
+    return ", ".join(listed) + more
 
 
 def _column_list(frame: pd.DataFrame) -> str:
@@ -234,7 +286,7 @@ def _column_list(frame: pd.DataFrame) -> str:
 def cmd_rollback(args: argparse.Namespace) -> int:
     system = _system(args)
     controller = system.controller
-    version = _table_version(system, args.to)
+    version = _table_version(controller.table.version, args.to)
     past = controller.table_at(version).domains.get(args.domain)
     if past is not None and past.state == "hot" and past.model_dir and not (system.root / past.model_dir).exists():
         bundle = _bundle_of(controller.history(args.domain), past.version)
@@ -368,10 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "domain and subgraph version of every row. A row for a chained domain (one with upstream "
                     "inputs, see `mycelium status`) must be tagged and carries each slot's input as columns "
                     "prefixed by the slot, e.g. a.px_00 ... b.px_63 for slots a and b; its 'stages' column "
-                    "lists the domain, version and chain depth of every stage. A batch of --batch-size rows that "
-                    "fails validation or routing is quarantined with every column, its rows are written without "
-                    "a prediction and with the reason and the quarantine folder in the 'error' and 'quarantine' "
-                    "columns, and the other batches are routed. Exit code: 0 when every row has a prediction, "
+                    "lists the domain, version and chain depth of every stage. Rows that fail validation or "
+                    "routing (one domain's rows of a batch of --batch-size rows, or the whole batch when its tags "
+                    "cannot be resolved) and rows that no domain accepts are quarantined with every column, and "
+                    "are written without a prediction and with the reason and the quarantine folder in the "
+                    "'error' and 'quarantine' columns; the other rows are routed. Exit code: 0 when every row "
+                    "has a prediction, "
                     f"{NOTHING_ROUTED} when no row was routed (the 'route' column says why), {ROWS_FAILED} when a "
                     "batch failed or no domain accepts some rows (the 'error' column says why), 2 on an error "
                     "(with --fail-fast, after writing the rows routed before it).")
@@ -381,15 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--tag-column", default=None,
                        help="column with each row's tags (default: tag, if the file has it); a cell contains one tag "
                             "or several separated by commas. A column named here must exist")
-    route.add_argument("-o", "--output", type=Path, default=None,
+    route.add_argument("-o", "--output", type=_output_path, default=None,
                        help="output file, .csv or .parquet (default: FILE.predictions with FILE's suffix)")
     route.add_argument("--batch-size", type=_positive_int, default=1024,
                        help="rows routed and validated together (default: 1024)")
     route.add_argument("--no-validate", action="store_true",
                        help="skip the Great Expectations checks of each domain's rows")
     route.add_argument("--fail-fast", action="store_true",
-                       help="stop at the first batch that fails validation or routing; the rows routed before it "
-                            "are still written")
+                       help="stop at the first batch with rows that fail validation or routing or that no domain "
+                            "accepts; the rows routed before that batch are still written")
     route.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     route.set_defaults(handler=cmd_route)
 
@@ -436,6 +490,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _output_path(text: str) -> Path:
+    # Path("") is Path("."), which would be reported as a file named ".".
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; pass a file such as predictions.parquet, or omit -o to write "
+                                         "FILE.predictions beside FILE")
+    return Path(text)
 
 
 def _check_output(output: Path, source: Path) -> None:
@@ -506,8 +568,7 @@ def _version_number(text: str) -> int:
     return int(digits)
 
 
-def _table_version(system: Any, version: int) -> int:
-    newest = system.controller.table.version
+def _table_version(newest: int, version: int) -> int:
     if not 0 <= version <= newest:
         raise InputError(f"Table version {version} does not exist; recorded versions are 0 to {newest}.")
     return version

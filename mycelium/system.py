@@ -46,7 +46,13 @@ from mycelium.errors import (
 from mycelium.events import EventLog
 from mycelium.experts.fitting import LABEL, feature_columns, train_expert
 from mycelium.patches.training import PatchReport, train_patch
-from mycelium.routing.batch import chain_inputs, chained_request_domain, untagged_chained_reason
+from mycelium.routing.batch import (
+    chain_inputs,
+    chained_request_domain,
+    failed_restore_error,
+    unused_columns_clause,
+    untagged_chained_reason,
+)
 from mycelium.routing.chains import UpstreamInput
 from mycelium.routing.chained import StageRecord, compute_inputs, schema_columns, subgraph_server
 from mycelium.routing.controller import DomainRecord, MetaController
@@ -55,6 +61,7 @@ from mycelium.routing.table import RoutingTable
 from mycelium.routing.tags import safe_name
 from mycelium.subgraph import Subgraph, load_subgraph, save_subgraph
 from mycelium.validation.expectations import require_valid
+from mycelium.validation.finite import non_finite_columns
 from mycelium.validation.quarantine import quarantine_batch
 
 logger = logging.getLogger(__name__)
@@ -100,7 +107,8 @@ class Mycelium:
         self.clock = clock
         self.defer_actions = defer_actions
         self.events = events or EventLog(self.root / "events.jsonl")
-        self.controller = MetaController(self.root / "routing", clock=clock, activity_half_life_s=params.cold_storage.max_idle_s)
+        self.controller = MetaController(routing_directory(params), clock=clock,
+                                         activity_half_life_s=params.cold_storage.max_idle_s)
         self.step = 0
         self._store: ColdStore | None = None
         self._hot: dict[str, Subgraph] = {}
@@ -244,13 +252,7 @@ class Mycelium:
             if not result.passed:
                 path = quarantine_batch(batch, name=name, reason=f"domain {domain} failed its validation gate",
                                         quarantine_dir=self.params.paths.quarantine)
-                fix = "Retry after fixing the stored bundle or roll back with `mycelium remember`."
-                if result.expectations_passed is False:
-                    fix = ("The batch breaks the domain's expectations, so correct those values and send it again; "
-                           "the domain stays cold until then.")
-                raise RoutingError(
-                    f"Domain {domain!r} could not be restored ({result.reason}); batch {name!r} is kept in {path}. {fix}"
-                )
+                raise failed_restore_error(result, len(batch), name, kept=path)
         subgraph = self.subgraph(domain)
         served_by = self.controller.domain(domain)
         try:
@@ -318,12 +320,11 @@ class Mycelium:
         Untagged batches have no domain expectations yet, but the OOD scores need finite numbers
         and a new expert trained on the queue needs valid labels.
         """
-        features = batch.drop(columns=[LABEL], errors="ignore")
-        problems = [f"column {c!r} is {features[c].dtype}, not numeric"
-                    for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-        numeric = features.select_dtypes("number")
-        counts = (~np.isfinite(numeric.to_numpy(dtype=float))).sum(axis=0)
-        problems += [f"column {c!r} has {int(n)} NaN or infinite values" for c, n in zip(numeric.columns, counts) if n]
+        problems = [
+            f"column {found.column!r} has {len(found.positions)} NaN or infinite values" if found.numeric
+            else f"column {found.column!r} is {found.dtype}, not numeric"
+            for found in non_finite_columns(batch.drop(columns=[LABEL], errors="ignore"))
+        ]
         if LABEL in batch:
             labels = pd.to_numeric(batch[LABEL], errors="coerce")
             invalid = batch[LABEL][~(labels.notna() & (labels >= 0) & (labels % 1 == 0))]
@@ -573,8 +574,8 @@ class Mycelium:
         missing = [c for c in record.columns if c not in data.columns]
         if missing:
             raise InputError(
-                f"Patch data {name!r} lacks {len(missing)} input columns of {domain!r}, e.g. {missing[:5]}; "
-                "a patch needs every column of the domain's schema."
+                f"Patch data {name!r} lacks {len(missing)} input columns of {domain!r}, e.g. {missing[:5]}"
+                f"{unused_columns_clause(data, record.columns)}; a patch needs every column of the domain's schema."
             )
         if LABEL not in data.columns or data[LABEL].isna().any():
             unlabelled = len(data) if LABEL not in data.columns else int(data[LABEL].isna().sum())
@@ -1285,6 +1286,11 @@ class Mycelium:
     def domain_table(self) -> list[dict[str, Any]]:
         """Return one row per domain: tags, state, version, size, last use, accuracy and upstream inputs."""
         return domain_rows(self.controller.table)
+
+
+def routing_directory(params: Params) -> Path:
+    """Return the folder of the routing table and its history, which ``Mycelium(params)`` creates."""
+    return params.paths.run / "routing"
 
 
 def domain_rows(table: RoutingTable) -> list[dict[str, Any]]:

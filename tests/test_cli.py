@@ -24,6 +24,8 @@ from conftest import PAIR_INPUTS, PAIRS_DOMAIN
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "vision/digits"
+# A second domain served by a copy of the digits CNN, so that one file can mix two domains.
+COPY_DOMAIN = "vision/digits-copy"
 PAIRS = PAIRS_DOMAIN
 FIRST_HOT_COPY = f"models/{safe_name(DOMAIN)}/v0001"
 SUBCOMMANDS = ["status", "history", "sweep", "remember", "route", "rollback", "train-patch"]
@@ -43,6 +45,15 @@ def project(tmp_path, digits_cnn, uci_digits) -> Path:
     system = Mycelium(load_params(tmp_path / "params.yaml"))
     system.register(copy.deepcopy(digits_cnn), tags=[DOMAIN], reference=uci_digits.train, reason="trained on UCI digits")
     return tmp_path
+
+
+@pytest.fixture
+def two_domain_project(project, digits_cnn, uci_digits) -> Path:
+    """``project`` with a copy of the digits CNN registered as a second domain, COPY_DOMAIN."""
+    subgraph = copy.deepcopy(digits_cnn)
+    subgraph.domain = COPY_DOMAIN
+    system_of(project).register(subgraph, tags=[COPY_DOMAIN], reference=uci_digits.train, reason="second domain")
+    return project
 
 
 @pytest.fixture
@@ -181,6 +192,11 @@ class TestRoute:
         assert result["route"][15].startswith("unrouted: ")
         assert result["error"].isna().tolist() == [True] * 10 + [False] * 10
         assert result["error"][15] == result["route"][15]
+        assert result["quarantine"][:10].isna().all()
+        folder = result["quarantine"][15]
+        assert set(result["quarantine"][10:]) == {folder}
+        assert folder in result["error"][15]
+        assert len(pd.read_parquet(Path(folder) / "batch.parquet")) == 10
         assert "10 rows -> vision/digits, 10 rows accepted by no domain" in out
         assert err.startswith("warning: 10 rows of ")
 
@@ -194,11 +210,16 @@ class TestRoute:
             (lambda d, rows: _csv(d, rows.assign(tag="vision/digits")), ["--tag", "vision/digits"],
              r"has a 'tag' column and --tag was given"),
             (lambda d, rows: _csv(d, rows), ["--tag", "audio/speech"],
-             r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]"),
+             r"row 0 and 4 more rows tagged 'audio/speech'.*registered tags: \['vision/digits'\]\. Pass a registered "
+             r"tag with --tag, or omit --tag to route the rows by domain inference\.$"),
+            (lambda d, rows: _csv(d, rows.assign(tag=7)), [], r"Tag 7 in column 'tag' \(row with index 0\) is int, not text"),
             (lambda d, rows: _csv(d, rows), ["--tag", ""],
              r"--tag '' is empty; pass a tag such as vision/digits, or omit --tag to route untagged rows"),
             (lambda d, rows: _csv(d, rows.drop(columns=["px_00"])), ["--tag", "vision/digits"],
-             r"missing columns \['px_00'\] that domain 'vision/digits' needs"),
+             r"missing columns \['px_00'\] that domain 'vision/digits' needs; add them"),
+            (lambda d, rows: _csv(d, rows.rename(columns={"px_00": "pixel_00"})), ["--tag", "vision/digits"],
+             r"missing columns \['px_00'\] that domain 'vision/digits' needs, and has columns \['pixel_00'\] that "
+             r"are not its inputs"),
             (lambda d, rows: _csv(d, rows.assign(source="vision/digits")), ["--tag-column", "sources"],
              r"has no --tag-column column 'sources'; its columns are px_00, px_01, .* and 58 more\."),
             (lambda d, rows: _csv(d, rows), ["--tag", "vision//digits"], r"Invalid tag 'vision//digits'"),
@@ -332,6 +353,71 @@ class TestRoute:
         assert str(result["quarantine"][30]) in lines[0]
         assert "route each again with `mycelium route FOLDER/batch.parquet -o OUTPUT`" in lines[0]
 
+    def test_invalid_domain_part_fails_alone(self, two_domain_project, capsys, uci_digits):
+        tags = ([DOMAIN] * 5 + [COPY_DOMAIN] * 5) * 2
+        rows = uci_digits.test.iloc[:20].assign(tag=tags)
+        rows.loc[rows.index[7], "px_20"] = 99.0
+        rows.to_csv(two_domain_project / "batch.csv", index=False)
+
+        code, out, err = run(two_domain_project, capsys, "route", str(two_domain_project / "batch.csv"),
+                             "--no-progress")
+
+        result = pd.read_csv(two_domain_project / "batch.predictions.csv")
+        failed = result["prediction"].isna().to_numpy()
+        assert code == ROWS_FAILED
+        assert failed.tolist() == [tag == COPY_DOMAIN for tag in tags]
+        expected = system_of(two_domain_project).subgraph(DOMAIN).predict(rows.iloc[~failed]).labels
+        assert result["prediction"][~failed].tolist() == expected.tolist()
+        assert result["error"][~failed].isna().all()
+        assert result["quarantine"][~failed].isna().all()
+        assert result["error"][failed].str.startswith(f"Batch '{COPY_DOMAIN}:batch-rows-0-19' (10 rows)").all()
+        assert "(rows with index 7)" in result["error"][5]
+        folders = set(result["quarantine"][failed])
+        assert len(folders) == 1
+        quarantined = pd.read_parquet(Path(folders.pop()) / "batch.parquet")
+        pd.testing.assert_frame_equal(quarantined, pd.read_csv(two_domain_project / "batch.csv").iloc[failed])
+        assert len(list(system_of(two_domain_project).params.paths.quarantine.iterdir())) == 1
+        assert out.strip().endswith(f": 10 rows -> {DOMAIN}, 10 rows failed")
+        assert err.startswith("error: 10 of 20 rows failed validation or routing (rows 5-9, 15-19)")
+
+    def test_fail_fast_stops_at_failed_part(self, two_domain_project, capsys, uci_digits):
+        tags = [DOMAIN] * 10 + ([DOMAIN] * 5 + [COPY_DOMAIN] * 5) + [DOMAIN] * 10
+        rows = uci_digits.test.iloc[:30].assign(tag=tags)
+        rows.loc[rows.index[17], "px_20"] = 99.0
+        rows.to_csv(two_domain_project / "batch.csv", index=False)
+
+        code, _, err = run(two_domain_project, capsys, "route", str(two_domain_project / "batch.csv"),
+                           "--batch-size", "10", "--fail-fast", "--no-progress")
+
+        lines = err.strip().splitlines()
+        result = pd.read_csv(two_domain_project / "batch.predictions.csv")
+        assert code == 2
+        assert lines[0].startswith(f"error: Batch '{COPY_DOMAIN}:batch-rows-10-19' (5 rows) failed")
+        assert "(rows with index 17)" in err
+        assert lines[-1].endswith("rows 10 to 29 were not routed. Fix the rows above, then route rows 10 to 29 again.")
+        assert result["row"].tolist() == list(range(10))
+        assert result["prediction"].notna().all()
+        assert len(list(system_of(two_domain_project).params.paths.quarantine.iterdir())) == 1
+
+    def test_fail_fast_stops_at_unrouted_rows(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[10:20], rows.columns != "label"] = 16.0
+        rows.assign(tag=[DOMAIN] * 10 + [""] * 10 + [DOMAIN] * 10).to_csv(project / "batch.csv", index=False)
+
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--batch-size", "10", "--no-validate",
+                           "--fail-fast", "--no-progress")
+
+        lines = err.strip().splitlines()
+        result = pd.read_csv(project / "batch.predictions.csv")
+        assert code == 2
+        assert lines[0].startswith("error: 10 rows of batch 'batch-rows-10-19' are accepted by no domain, first row 10")
+        assert lines[1].startswith("Rows 10 to 19 are kept in ")
+        assert lines[2].startswith("Rows 0 to 9 were written to ")
+        assert result["row"].tolist() == list(range(10))
+        assert result["prediction"].notna().all()
+        folder = Path(lines[1].removeprefix("Rows 10 to 19 are kept in ").rstrip("."))
+        assert len(pd.read_parquet(folder / "batch.parquet")) == 10
+
     def test_text_cell_fails_only_its_batch(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:30].astype({"px_20": object})
         rows.loc[rows.index[25], "px_20"] = "abc"
@@ -367,7 +453,7 @@ class TestRoute:
         quarantined = pd.read_parquet(Path(result["quarantine"][10]) / "batch.parquet")
         assert len(quarantined) == 10
         assert np.isnan(quarantined["px_07"].iloc[4])
-        assert "(rows 10-19, 20-29)" in err
+        assert err.startswith("error: 20 of 30 rows could not be routed or predicted (rows 10-19, 20-29)")
 
     def test_unwritable_output_fails_first(self, project, capsys, uci_digits):
         uci_digits.test.iloc[:10].to_csv(project / "batch.csv", index=False)
@@ -393,6 +479,31 @@ class TestRoute:
 
         assert (code, err) == (0, "")
         assert pd.read_csv(project / "again.csv")["prediction"].notna().all()
+
+    def test_quarantined_rows_keep_file_row_numbers(self, project, capsys, uci_digits):
+        rows = uci_digits.test.iloc[:30].copy()
+        rows.loc[rows.index[25], "px_20"] = 99.0
+        rows.to_csv(project / "batch.csv", index=False)
+        run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--batch-size", "10",
+            "--no-progress")
+        folder = Path(pd.read_csv(project / "batch.predictions.csv")["quarantine"][20])
+
+        code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "--tag", DOMAIN, "-o",
+                           str(project / "again.csv"), "--batch-size", "4", "--no-progress")
+
+        result = pd.read_csv(project / "again.csv")
+        assert code == ROWS_FAILED
+        assert result["row"].tolist() == list(range(20, 30))
+        assert result["prediction"].isna().tolist() == [False] * 4 + [True] * 4 + [False] * 2
+        assert result["error"][4].startswith("Batch 'vision/digits:batch-rows-24-27' (4 rows)")
+        assert "(rows with index 25)" in result["error"][4]
+        assert err.startswith("error: 4 of 10 rows failed validation or routing (rows 24-27)")
+        code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "--tag", DOMAIN, "-o",
+                           str(project / "again.csv"), "--batch-size", "4", "--fail-fast", "--no-progress")
+        assert code == 2
+        assert err.strip().splitlines()[-1].endswith("rows 24 to 29 were not routed. Fix the rows above, then route "
+                                                     "rows 24 to 29 again.")
+        assert pd.read_csv(project / "again.csv")["row"].tolist() == [20, 21, 22, 23]
 
     def test_fail_fast_writes_rows_routed_before(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:40].copy()
@@ -454,6 +565,13 @@ class TestRoute:
 
         assert exited.value.code == 2
         assert "must be at least 1, got 0" in capsys.readouterr().err
+
+    def test_empty_output_is_rejected(self, project, capsys):
+        with pytest.raises(SystemExit) as exited:
+            run(project, capsys, "route", "rows.csv", "-o", "")
+
+        assert exited.value.code == 2
+        assert "-o/--output: is empty; pass a file such as predictions.parquet" in capsys.readouterr().err
 
     def test_batch_size_must_be_number(self, project, capsys):
         with pytest.raises(SystemExit) as exited:
@@ -540,6 +658,7 @@ class TestPatchAndRollback:
         assert err.startswith("warning: ")
         assert "routing_table.json does not exist" in err
         assert f"the folder of --params ({elsewhere})" in err
+        assert [path.name for path in elsewhere.iterdir()] == ["params.yaml"]
         assert run(project, capsys, "status")[2] == ""
 
     @pytest.mark.parametrize(
@@ -590,7 +709,9 @@ class TestPatchAndRollback:
             (lambda rows: rows.drop(columns=["label"]), DOMAIN, r"has 20 rows without a 'label' value"),
             (lambda rows: rows.assign(label=np.where(np.arange(20) < 3, np.nan, rows["label"])), DOMAIN,
              r"has 3 rows without a 'label' value"),
-            (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'"),
+            (lambda rows: rows.drop(columns=["px_05", "px_06"]), DOMAIN, r"lacks 2 input columns .*'px_05', 'px_06'\]; a"),
+            (lambda rows: rows.rename(columns={"px_05": "pixel_05"}), DOMAIN,
+             r"lacks 1 input columns .*\['px_05'\], and has columns \['pixel_05'\] that are not its inputs"),
             (lambda rows: rows.iloc[:0], DOMAIN, r"has no rows; train-patch needs labelled rows"),
             (lambda rows: rows.iloc[:5], DOMAIN, r"got 5 rows; collect at least 400 labelled rows"),
             (lambda rows: rows, DOMAIN, r"got 20 rows, so its held-out part has 4; .* needs \d+ held-out rows\. "

@@ -224,12 +224,17 @@ def test_rejected_automatic_patch_keeps_its_rows(params, clock, digits_cnn, uci_
 
 
 def test_untagged_nan_batch_is_quarantined(system, uci_digits):
-    batch = uci_digits.test.iloc[:BATCH_ROWS].copy()
+    batch = uci_digits.test.iloc[:BATCH_ROWS].astype({"px_09": object})
     batch.iloc[3, batch.columns.get_loc("px_05")] = math.nan
+    batch.iloc[4, batch.columns.get_loc("px_07")] = math.inf
+    batch.iloc[5, batch.columns.get_loc("px_09")] = "n/a"
 
     with pytest.raises(DataValidationError) as raised:
         system.ingest(batch)
 
+    message = str(raised.value)
+    assert ("column 'px_05' has 1 NaN or infinite values; column 'px_07' has 1 NaN or infinite values; "
+            "column 'px_09' is object, not numeric") in message
     assert len(pd.read_parquet(Path(raised.value.quarantine_path) / "batch.parquet")) == BATCH_ROWS
 
 

@@ -22,7 +22,7 @@ from mycelium.errors import ConfigError, IntegrityError, StorageError
 from mycelium.events import EventLog
 from mycelium.experts.training import fit
 from mycelium.subgraph import Subgraph
-from mycelium.validation.expectations import ValidationReport, spec_for_rows, validate_frame
+from mycelium.validation.expectations import ValidationReport, spec_columns, validate_frame
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -121,14 +121,9 @@ def _inputs_moved(buffer: pd.DataFrame, recent: pd.DataFrame, params: Params, co
 
 
 def _validate_recent(recent: pd.DataFrame, expectations: dict[str, Any], domain: str) -> ValidationReport:
-    """Validate the recent rows on the domain's input columns and label only, as serving does.
-
-    Other columns, such as an ``id`` or the columns of another domain in a mixed file, are not
-    the domain's inputs and are ignored. A missing input column still fails.
-    """
-    spec = spec_for_rows(expectations, recent)
-    columns = [column for column in spec["columns"] if column in recent.columns]
-    return validate_frame(recent[columns], spec, name=f"{domain}:recent")
+    """Validate the recent rows on the domain's input columns and label only, as serving does."""
+    rows, spec = spec_columns(recent, expectations)
+    return validate_frame(rows, spec, name=f"{domain}:recent")
 
 
 def _describe_failures(report: ValidationReport) -> list[str]:

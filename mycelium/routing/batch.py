@@ -6,7 +6,7 @@ several tags separated by commas (tags cannot contain commas), or a list of tags
 are resolved by ``mycelium.routing.resolution``. Untagged rows are grouped by the columns they
 fill, and each group is routed by ``Mycelium.infer_domain`` as one batch, as ``ingest`` routes
 an untagged batch. Rows that no domain accepts get no prediction, and the reason is in their
-``route``; they are not put in the new-domain queue.
+``route``; they are quarantined, not put in the new-domain queue.
 
 Rows of a chained domain carry the input of each upstream slot as prefixed columns
 (``a.px_00``, ``b.px_00``; see ``mycelium.routing.chained``). Every upstream stage runs as one
@@ -18,20 +18,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from mycelium.errors import DataValidationError, EmptyDataError, InputError, RoutingError, one_line
+from mycelium.errors import DataValidationError, EmptyDataError, InputError, MyceliumError, RoutingError, one_line
 from mycelium.experts.fitting import LABEL
 from mycelium.routing.chained import ChainInputs, ServedStage, StageRecord, compute_inputs, request_columns
 from mycelium.routing.chains import ChainPlan, ChainStage
 from mycelium.routing.lifecycle import State
-from mycelium.validation.expectations import require_valid, spec_for_rows
-from mycelium.validation.quarantine import quarantine_batch
+from mycelium.validation.expectations import require_valid, spec_columns
+from mycelium.validation.finite import non_finite_columns
+from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
 if TYPE_CHECKING:
+    from mycelium.cold_storage.remembering import RememberResult
     from mycelium.system import Mycelium
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,12 @@ class DomainPart:
     routes: list[dict[str, Any]] = field(default_factory=list)
     # For a chained domain: every stage that served these rows (StageRecord.summary()).
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # 0-based positions of these rows in the routed batch, in input order.
+    positions: np.ndarray | None = None
+    # Why these rows got no prediction and the quarantine folder that keeps them, for a part
+    # that failed with isolate_failures. Rows of no domain have theirs in RoutedPredictions.
+    error: MyceliumError | None = None
+    quarantine: str | None = None
 
 
 @dataclass
@@ -63,7 +72,9 @@ class RoutedPredictions:
     ``route`` explains each row's decision in one line. ``stages`` holds, per row of a chained
     domain, one dict per stage (slot, domain, version, patches, depth), upstream first, and an
     empty tuple for other rows. ``parts`` lists the domain parts the batch was split into, in
-    the order their first row appears.
+    the order their first row appears. ``error`` and ``quarantine`` hold, per row without a
+    prediction, the reason in one line and the quarantine folder that keeps the row, and None
+    for predicted rows.
     """
 
     prediction: np.ndarray
@@ -73,6 +84,8 @@ class RoutedPredictions:
     route: np.ndarray
     parts: list[DomainPart]
     stages: np.ndarray | None = None
+    error: np.ndarray | None = None
+    quarantine: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prediction)
@@ -126,6 +139,7 @@ def route_batch(
     validate: bool = True,
     name: str = "batch",
     flush: bool = False,
+    isolate_failures: bool = False,
 ) -> RoutedPredictions:
     """Route every row of ``frame`` to its domain and predict it there.
 
@@ -144,6 +158,11 @@ def route_batch(
         flush: write the use counts to the routing table before returning. Otherwise they
             stay in memory until ``system.controller.flush_locality()``, so a stream of
             small batches does not write the table once per batch.
+        isolate_failures: when a domain's part fails validation or routing (any MyceliumError
+            but InputError), quarantine only that part and predict the other parts. The
+            failed part's rows get no prediction, and its DomainPart and the ``error`` and
+            ``quarantine`` of its rows give the reason and the folder. By default the first
+            failed part raises.
 
     Returns:
         The predictions, the domain and subgraph version that served each row, and why.
@@ -152,8 +171,9 @@ def route_batch(
         EmptyDataError: ``frame`` has no rows.
         InputError: ``tags`` does not fit ``frame``.
         RoutingError: a row's tags are invalid, unknown, ambiguous or lead to a retired
-            domain, a domain's schema columns are missing, or a cold domain failed its gate.
-        DataValidationError: a domain's rows failed validation; they were quarantined.
+            domain, or (without ``isolate_failures``) a cold domain failed its gate.
+        DataValidationError: (without ``isolate_failures``) a domain's rows failed validation;
+            they were quarantined.
     """
     if len(frame) == 0:
         raise EmptyDataError(f"Batch {name!r} has no rows; there is nothing to route.")
@@ -166,16 +186,33 @@ def route_batch(
     route = np.empty(n_rows, dtype=object)
     stages = np.empty(n_rows, dtype=object)
     stages.fill(())
+    error = np.full(n_rows, None, dtype=object)
+    quarantine = np.full(n_rows, None, dtype=object)
     assignments = _assign_domains(system, frame, row_tags, tag_column, name)
 
     parts = []
-    for domain, (positions, routes, lines) in assignments.items():
+    for domain, (positions, routes, lines, folders) in assignments.items():
         rows = frame if len(positions) == n_rows else frame.iloc[positions]
         route[positions] = lines
         if domain is None:
-            parts.append(DomainPart(None, None, len(positions), routes))
+            # Each group of unaccepted rows has its own folder, so the rows keep their own path.
+            error[positions] = lines
+            quarantine[positions] = folders
+            parts.append(DomainPart(None, None, len(positions), routes, positions=positions))
             continue
-        served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name)
+        try:
+            served, part_version, part_stages = _predict_part(system, domain, rows, validate=validate, name=name,
+                                                              tag_column=tag_column)
+        except MyceliumError as exc:
+            # An InputError comes from the columns of the whole file, so it stops the caller's run.
+            if not isolate_failures or isinstance(exc, InputError):
+                raise
+            path = _keep_failed_part(system, domain, rows, exc, name)
+            error[positions] = one_line(exc)
+            quarantine[positions] = path
+            parts.append(DomainPart(domain, None, len(positions), routes, positions=positions, error=exc,
+                                    quarantine=path))
+            continue
         prediction[positions] = served.labels
         depth[positions] = served.depth
         version[positions] = part_version
@@ -186,7 +223,7 @@ def route_batch(
                 stages[position] = tuple(stage.for_row(offset) for stage in part_stages)
             summaries = [stage.summary() for stage in part_stages]
         system.controller.record_use(domain, len(positions))
-        parts.append(DomainPart(domain, part_version, len(positions), routes, summaries))
+        parts.append(DomainPart(domain, part_version, len(positions), routes, summaries, positions=positions))
         system.events.emit("batch_predicted", step=system.step, batch=name, domain=domain, version=part_version,
                            rows=len(positions), routing=routes, stages=summaries)
     unrouted = [part for part in parts if part.domain is None]
@@ -195,7 +232,23 @@ def route_batch(
                            routing=[route for part in unrouted for route in part.routes])
     if flush:
         system.controller.flush_locality()
-    return RoutedPredictions(prediction, domain_of, version, depth, route, parts, stages)
+    return RoutedPredictions(prediction, domain_of, version, depth, route, parts, stages, error, quarantine)
+
+
+def _keep_failed_part(system: Mycelium, domain: str, rows: pd.DataFrame, exc: MyceliumError, name: str) -> str:
+    """Return the quarantine folder that keeps ``rows``, the part of batch ``name`` that failed
+    for ``domain``, quarantining them unless ``exc`` already did.
+
+    A routing error quarantines nothing, and a chained domain's validation error can keep the
+    computed inputs in place of the request's columns.
+    """
+    path = getattr(exc, "quarantine_path", None)
+    if path is not None and holds_rows(Path(path), rows):
+        return str(path)
+    reason = one_line(exc)
+    path = quarantine_batch(rows, name=f"{domain}:{name}", reason=reason, quarantine_dir=system.params.paths.quarantine)
+    system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name, path=path, reason=reason)
+    return str(path)
 
 
 def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str | None | list[str | None]:
@@ -229,7 +282,19 @@ def _row_tags(frame: pd.DataFrame, tags: TagsArgument, tag_column: str) -> str |
             raise InputError(
                 f"Got {len(values)} tags for {len(frame)} rows; pass one tag (or None) per row, or a single tag."
             )
-    keys = [_cell_key(value) for value in values]
+    keys = []
+    for position, value in enumerate(values):
+        try:
+            keys.append(_cell_key(value))
+        except InputError as exc:
+            if tags is not None:
+                raise
+            raise InputError(
+                f"Tag {value!r} in column {tag_column!r} (row with index {frame.index[position]}) is "
+                f"{type(value).__name__}, not text; a tag is a string such as 'vision/digits'. If {tag_column!r} does "
+                "not contain tags, rename it, or pass the column that does as the tag column (--tag-column in "
+                "`mycelium route`)."
+            ) from exc
     first = keys[0]
     if all(key == first for key in keys):
         return first
@@ -246,25 +311,27 @@ def _cell_key(value: Any) -> str | None:
         return ",".join(str(tag).strip() for tag in value) or None
     if pd.isna(value):
         return None
-    raise InputError(f"Tag {value!r} is a {type(value).__name__}; a tag is a string such as 'vision/digits'.")
+    raise InputError(f"Tag {value!r} is {type(value).__name__}, not text; a tag is a string such as 'vision/digits'.")
 
 
 def _assign_domains(
     system: Mycelium, frame: pd.DataFrame, row_tags: str | None | list[str | None], tag_column: str, name: str
-) -> dict[str | None, tuple[np.ndarray, list[dict[str, Any]], Any]]:
-    """Return, per domain (None: no domain), its row positions, its distinct routes, and each
-    row's route line (one string for every row, or one per row)."""
+) -> dict[str | None, tuple[np.ndarray, list[dict[str, Any]], Any, np.ndarray | None]]:
+    """Return, per domain (None: no domain), its row positions, its distinct routes and each
+    row's route line (one string for every row, or one per row). For the rows of no domain,
+    a fourth entry gives the quarantine folder that keeps each row; it is None for a domain."""
     n_rows = len(frame)
     if not isinstance(row_tags, list):
         if row_tags is not None:
             decision = decide_tag(system, row_tags, rows=np.arange(n_rows))
-            return {decision.domain: (np.arange(n_rows), [decision.to_dict()], decision.describe())}
+            return {decision.domain: (np.arange(n_rows), [decision.to_dict()], decision.describe(), None)}
         row_tags = [None] * n_rows
 
     keys = np.asarray(row_tags, dtype=object)
     codes, uniques = pd.factorize(keys, use_na_sentinel=True)
     domain_codes = np.full(n_rows, -1, dtype=np.int64)
     lines = np.empty(n_rows, dtype=object)
+    folders = np.full(n_rows, None, dtype=object)
     domains: list[str | None] = []
     routes: dict[str | None, list[dict[str, Any]]] = {}
 
@@ -282,16 +349,21 @@ def _assign_domains(
         routes[decision.domain].append(decision.to_dict())
 
     untagged = np.flatnonzero(codes == -1)
-    for positions, domain, evidence, line in _infer_groups(system, frame, untagged, tag_column):
+    for positions, domain, evidence, line, folder in _infer_groups(system, frame, untagged, tag_column):
         domain_codes[positions] = code_of(domain)
         lines[positions] = line
+        folders[positions] = folder
         routes[domain].append(evidence)
 
     # Parts in the order of their first row, each with its rows in input order.
     order = np.argsort(domain_codes, kind="stable")
     boundaries = np.flatnonzero(np.diff(domain_codes[order])) + 1
     groups = sorted(np.split(order, boundaries), key=lambda positions: positions[0])
-    return {domains[domain_codes[g[0]]]: (g, routes[domains[domain_codes[g[0]]]], lines[g]) for g in groups}
+    assignments = {}
+    for group in groups:
+        domain = domains[domain_codes[group[0]]]
+        assignments[domain] = (group, routes[domain], lines[group], folders[group] if domain is None else None)
+    return assignments
 
 
 def decide_tag(system: Mycelium, key: str, *, rows: np.ndarray):
@@ -310,8 +382,8 @@ def decide_tag(system: Mycelium, key: str, *, rows: np.ndarray):
 
 
 def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, tag_column: str):
-    """Yield (positions, domain or None, evidence, route line) for groups of untagged rows that
-    fill the same columns."""
+    """Yield (positions, domain or None, evidence, route line, quarantine folder or None) for
+    groups of untagged rows that fill the same columns."""
     if len(positions) == 0:
         return
     rows = frame.iloc[positions].drop(columns=[tag_column], errors="ignore")
@@ -329,25 +401,27 @@ def _infer_groups(system: Mycelium, frame: pd.DataFrame, positions: np.ndarray, 
         else:
             domain, evidence = system.infer_domain(group)
         if domain is not None:
-            yield positions[members], domain, evidence, f"inferred: {evidence['reason']}"
+            yield positions[members], domain, evidence, f"inferred: {evidence['reason']}", None
             continue
         # Rows no domain takes are kept for inspection rather than only marked in the output.
-        kept = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
-                                quarantine_dir=system.params.paths.quarantine)
-        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {kept}"
+        folder = quarantine_batch(rows.iloc[members], name="unrouted-rows", reason=evidence["reason"],
+                                  quarantine_dir=system.params.paths.quarantine)
+        yield positions[members], None, evidence, f"unrouted: {evidence['reason']}; rows kept in {folder}", str(folder)
 
 
 def _not_finite(group: pd.DataFrame) -> str | None:
-    features = group.drop(columns=[LABEL], errors="ignore")
-    text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    problems = non_finite_columns(group.drop(columns=[LABEL], errors="ignore"))
+    text = [found.column for found in problems if not found.numeric]
     if text:
         return f"columns {text[:5]} are not numeric, so no domain's OOD score applies"
-    if not np.isfinite(features.to_numpy(dtype=float)).all():
+    if problems:
+        # Each group fills the same columns, so a value that is not finite is infinite, not NaN.
         return "some values are infinite, so no domain's OOD score applies"
     return None
 
 
-def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate: bool, name: str):
+def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate: bool, name: str,
+                  tag_column: str = TAG_COLUMN):
     """Return the prediction of ``domain`` for ``rows``, the subgraph version that made it, and
     for a chained domain the record of every stage (empty otherwise)."""
     upstream: list[StageRecord] = []
@@ -359,10 +433,10 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     present = set(rows.columns)
     missing = [column for column in subgraph.schema.columns if column not in present]
     if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InputError(
-            f"Batch {name!r} is missing columns {missing[:5]}{more} that domain {domain!r} needs; add them, "
-            "or tag these rows for the domain whose input columns they have."
+            f"Batch {name!r} is missing columns {_preview(missing)} that domain {domain!r} needs"
+            f"{unused_columns_clause(rows, subgraph.schema.columns, tag_column)}; add them, or tag these rows for the "
+            "domain whose input columns they have."
         )
     if validate:
         _validate_part(system, domain, rows, subgraph.info["expectations"], name)
@@ -377,23 +451,61 @@ def _predict_part(system: Mycelium, domain: str, rows: pd.DataFrame, *, validate
     return served, record.version, upstream
 
 
-def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str):
-    """Return the record of ``domain`` once it is hot, remembering it first when it is cold."""
+def _preview(columns: Sequence[str], limit: int = 5) -> str:
+    more = f" and {len(columns) - limit} more" if len(columns) > limit else ""
+    return f"{list(columns[:limit])}{more}"
+
+
+def unused_columns_clause(rows: pd.DataFrame, inputs: Sequence[str], tag_column: str | None = None) -> str:
+    """Return a clause naming the filled columns of ``rows`` that are not ``inputs``, the label or
+    the tags, such as input columns under another name; empty when there are none.
+
+    An error on missing input columns appends it, so that renamed columns are named too.
+    Columns without a value in these rows are left out, because in a mixed file they are
+    another domain's columns.
+    """
+    known = {*inputs, LABEL, tag_column}
+    unused = [str(column) for column in rows.columns if column not in known and rows[column].notna().any()]
+    if not unused:
+        return ""
+    return f", and has columns {_preview(unused)} that are not its inputs (renamed input columns?)"
+
+
+def _hot_record(system: Mycelium, domain: str, rows: pd.DataFrame, name: str, *, request_rows: int | None = None):
+    """Return the record of ``domain`` once it is hot, remembering it first when it is cold.
+
+    ``request_rows`` is the number of rows that batch ``name`` requested. Pass it when ``rows``
+    are a chain stage's stacked inputs, where two slots of 100 requests make 200 rows.
+    """
     record = system.controller.domain(domain)
-    if record.state == State.COLD.value:
-        result = system.remember(domain, recent=rows)
-        if not result.passed:
-            fix = (f"Fix the stored bundle or choose a version with `mycelium remember {domain} --version VERSION`, "
-                   "then route the batch again.")
-            if result.expectations_passed is False:
-                fix = (f"These rows break the domain's expectations, so correct those values and route them again. "
-                       f"{domain!r} stays cold until a batch that meets its expectations requests it.")
-            raise RoutingError(
-                f"Domain {domain!r} could not be restored ({result.reason}), so its {len(rows)} rows of batch "
-                f"{name!r} were not predicted. {fix}"
-            )
-        record = system.controller.domain(domain)
-    return record
+    if record.state != State.COLD.value:
+        return record
+    result = system.remember(domain, recent=rows)
+    if result.passed:
+        return system.controller.domain(domain)
+    raise failed_restore_error(result, len(rows) if request_rows is None else request_rows, name)
+
+
+def failed_restore_error(result: RememberResult, rows: int, name: str, kept: Path | None = None) -> RoutingError:
+    """Return the error for ``rows`` requested by batch ``name`` of a cold domain that stayed cold.
+
+    ``result`` is the failed Remembering. Rows that broke the domain's expectations are named
+    with their columns, values and row indexes, because the fix is in the batch, not the bundle.
+    ``kept`` is the quarantine folder of the batch, when the caller kept it.
+    """
+    domain = result.domain
+    where = f" The batch is kept in {kept}." if kept is not None else ""
+    if result.expectations_passed is False:
+        return RoutingError(
+            f"The {rows} rows of batch {name!r} failed the expectations of cold domain {domain!r}: "
+            f"{'; '.join(result.expectations_failures)}. The rows were not predicted.{where} {domain!r} stays cold "
+            "until a batch that meets its expectations requests it; correct those values and send the rows again."
+        )
+    return RoutingError(
+        f"Domain {domain!r} could not be restored ({result.reason}), so the {rows} rows of batch {name!r} were not "
+        f"predicted.{where} Fix the stored bundle or choose a version with `mycelium remember {domain} --version "
+        "VERSION`, then send the batch again."
+    )
 
 
 def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate: bool, name: str) -> ChainInputs:
@@ -416,7 +528,10 @@ def chain_inputs(system: Mycelium, domain: str, frame: pd.DataFrame, *, validate
         _validate_request(system, plan, frame, columns_of, name)
 
     def serve(stage: ChainStage, rows: pd.DataFrame, groups: np.ndarray) -> ServedStage:
-        record = _hot_record(system, stage.domain, rows, name)
+        # Each slot's group has one row per request, in request order, so expectation failures
+        # of the stacked rows name request rows.
+        request_index = frame.index[np.arange(len(rows)) % len(frame)]
+        record = _hot_record(system, stage.domain, rows.set_axis(request_index), name, request_rows=len(frame))
         subgraph = system.subgraph(stage.domain)
         # Slots read from the request were checked by _validate_request; outputs of inner stages were not.
         if validate and any(node.inputs for node in stage.nodes):
@@ -490,16 +605,16 @@ def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns:
     cannot score such a value, and the batch would otherwise end in an error that keeps none of
     its rows.
     """
-    values = rows[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
-    if not bad.any():
+    problems = [found for found in non_finite_columns(rows, columns) if len(found.positions)]
+    if not problems:
         return
-    row_numbers, column_numbers = np.nonzero(bad)
-    column = columns[column_numbers[0]]
-    first = rows.index[row_numbers[0]]
+    bad_rows = np.unique(np.concatenate([found.positions for found in problems]))
+    # The first bad value in row-major order: the first bad row, and its first bad column.
+    column = next(found.column for found in problems if bad_rows[0] in found.positions)
+    first = rows.index[bad_rows[0]]
     value = rows.at[first, column]
     value = value.item() if isinstance(value, np.generic) else value
-    reason = (f"{int(bad.any(axis=1).sum())} of {len(rows)} rows contain a value that is not a finite number, "
+    reason = (f"{len(bad_rows)} of {len(rows)} rows contain a value that is not a finite number, "
               f"first {value!r} in column {column!r} (rows with index {first})")
     path = quarantine_batch(rows, name=f"{domain}:{name}", reason=reason, quarantine_dir=system.params.paths.quarantine)
     system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name, path=path, reason=reason)
@@ -511,10 +626,9 @@ def _require_numbers(system: Mycelium, domain: str, rows: pd.DataFrame, columns:
 
 
 def _validate_part(system: Mycelium, domain: str, rows: pd.DataFrame, spec: dict[str, Any], name: str) -> None:
-    spec = spec_for_rows(spec, rows)
-    columns = [c for c in spec["columns"] if c in rows.columns]
+    checked, spec = spec_columns(rows, spec)
     try:
-        require_valid(rows[columns], spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine,
+        require_valid(checked, spec, name=f"{domain}:{name}", quarantine_dir=system.params.paths.quarantine,
                       quarantine_rows=rows)
     except DataValidationError as exc:
         system.events.emit("batch_quarantined", step=system.step, domain=domain, batch=name,

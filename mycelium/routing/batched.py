@@ -1,16 +1,17 @@
 """Routing of a long frame, such as a file, in batches of a fixed size that go on past a failed batch.
 
-Each batch is routed by ``route_batch``. A batch can fail validation or routing, for example
-with a value out of range, a tag that no domain has or a cold domain that failed its gate.
-Such a batch is quarantined whole, with every column as given, so it can be fixed and routed
-again. Its rows get no prediction, and their ``error`` and ``quarantine`` columns give the
-reason and the quarantine folder. The other batches are routed as usual. A row that no domain
-accepts gets no prediction either: its ``error`` is its route, which names the folder that keeps it.
+Each batch is routed by ``route_batch``. A domain's part of a batch can fail validation or
+routing, for example with a value out of range or a cold domain that failed its gate. That
+part is quarantined with every column as given, so it can be fixed and routed again, and the
+batch's other parts are predicted. A batch whose tags cannot be resolved, for example a tag
+that no domain has, is quarantined whole. Failed rows get no prediction, and their ``error``
+and ``quarantine`` columns give the reason and the quarantine folder. A row that no domain
+accepts gets no prediction either: its ``error`` is its route, and its ``quarantine`` the folder
+that keeps it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mycelium.errors import EmptyDataError, InputError, MyceliumError
-from mycelium.routing.batch import TAG_COLUMN, decide_tag, route_batch
-from mycelium.validation.quarantine import REASON_FILE, quarantine_batch
+from mycelium.errors import EmptyDataError, InputError, MyceliumError, RoutingError, one_line
+from mycelium.routing.batch import TAG_COLUMN, RoutedPredictions, decide_tag, route_batch
+from mycelium.validation.quarantine import holds_rows, quarantine_batch
 
 if TYPE_CHECKING:
     from mycelium.system import Mycelium
@@ -35,17 +36,27 @@ QUARANTINE_COLUMN = "quarantine"
 
 
 @dataclass(frozen=True)
-class FailedBatch:
-    """Consecutive rows, by 0-based position in the routed frame, that failed together."""
+class FailedRows:
+    """Rows of one batch that failed together and are kept in one quarantine folder: the whole
+    batch, the part of a mixed batch that went to one domain, or (with ``fail_fast``) a group
+    of rows that no domain accepts. ``row_numbers`` are the rows' index labels in the routed frame.
+    """
 
-    first_row: int
-    last_row: int
+    row_numbers: tuple[int, ...]
     error: str
     quarantine_path: str
 
     @property
     def rows(self) -> int:
-        return self.last_row - self.first_row + 1
+        return len(self.row_numbers)
+
+    @property
+    def first_row(self) -> int:
+        return self.row_numbers[0]
+
+    @property
+    def last_row(self) -> int:
+        return self.row_numbers[-1]
 
 
 @dataclass
@@ -53,14 +64,17 @@ class BatchedRoutes:
     """Outcome of ``route_batches``.
 
     ``predictions`` has one row per attempted input row, in input order and indexed by the
-    row's position in the input frame, with the columns of ``RoutedPredictions.to_frame()``
+    row's index in the input frame, with the columns of ``RoutedPredictions.to_frame()``
     and ``error`` and ``quarantine``. When ``stopped`` is set, the run stopped at that error
-    and ``predictions`` ends before row ``len(predictions)``; otherwise it has every row.
+    in the batch whose first row is at position ``stopped_row`` of the frame: the rows before
+    it are routed, and ``predictions`` ends with that batch (fail_fast) or before it (an
+    InputError). Otherwise ``predictions`` has every row.
     """
 
     predictions: pd.DataFrame
-    failures: list[FailedBatch] = field(default_factory=list)
+    failures: list[FailedRows] = field(default_factory=list)
     stopped: MyceliumError | None = None
+    stopped_row: int | None = None
 
     @property
     def failed_rows(self) -> int:
@@ -79,17 +93,21 @@ def route_batches(
     fail_fast: bool = False,
     on_batch: Callable[[int], object] | None = None,
 ) -> BatchedRoutes:
-    """Route ``frame`` in batches of ``batch_size`` rows, quarantining each batch that fails.
+    """Route ``frame`` in batches of ``batch_size`` rows, quarantining the rows that fail.
 
-    An InputError from a batch comes from the frame's columns, for example rows that lack
-    the columns of their domain or a tag cell that is not text. Later rows of that kind would
-    fail the same way, so it stops the run without quarantining the batch, and ``stopped`` is
-    set.
+    When one domain's part of a mixed batch fails validation or routing, only that part is
+    quarantined, and the batch's other parts are predicted. A batch whose tags cannot be
+    resolved fails whole. An InputError from a batch comes from the frame's columns, for
+    example rows that lack the columns of their domain or a tag cell that is not text. Later
+    rows of that kind would fail the same way, so it stops the run without quarantining the
+    batch, and ``stopped`` is set.
 
     Args:
         system: the deployment whose routing table and subgraphs serve the rows.
-        frame: the rows, with a 0-based RangeIndex (``frame.reset_index(drop=True)``), so
-            that validation messages and outputs name rows by their position.
+        frame: the rows, indexed by unique integers that name them in validation messages,
+            batch names and outputs: a 0-based RangeIndex (``frame.reset_index(drop=True)``)
+            names rows by position, and a quarantined batch keeps the row numbers of the frame
+            it came from.
         tag: one tag (or comma-separated tags) for every row. Without it, the tags are read
             from ``frame[tag_column]`` when that column exists, and untagged rows are routed
             by domain inference.
@@ -97,8 +115,9 @@ def route_batches(
         batch_size: rows routed and validated together.
         validate: check each domain's rows against its Great Expectations suite.
         name: prefix of each batch's name, which is ``<name>-rows-<first>-<last>``.
-        fail_fast: stop at the first failed batch. It is still quarantined and its rows are
-            in the predictions with the error, but later rows are not routed.
+        fail_fast: stop at the first batch with rows that failed or that no domain accepts.
+            They are still quarantined, and the batch's rows are in the predictions, but
+            later rows are not routed.
         on_batch: called with the number of rows of each batch once it is routed or failed.
 
     Returns:
@@ -106,16 +125,16 @@ def route_batches(
 
     Raises:
         EmptyDataError: ``frame`` has no rows.
-        InputError: ``batch_size`` is below 1, ``frame`` does not have a RangeIndex, or ``tag`` is
-            empty.
+        InputError: ``batch_size`` is below 1, ``frame``'s index is not unique integers, or ``tag``
+            is empty.
         RoutingError: ``tag`` is invalid or unknown. Nothing is routed then.
     """
     if len(frame) == 0:
         raise EmptyDataError(f"{name!r} has no rows; there is nothing to route.")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}.")
-    if not frame.index.equals(pd.RangeIndex(len(frame))):
-        raise InputError(f"{name!r} must have a 0-based RangeIndex; pass frame.reset_index(drop=True).")
+    if not (pd.api.types.is_integer_dtype(frame.index) and frame.index.is_unique):
+        raise InputError(f"{name!r} must have an index of unique integers; pass frame.reset_index(drop=True).")
     if tag is not None and not tag.strip():
         raise InputError(f"The tag for every row of {name!r} is empty; pass a tag such as 'vision/digits', "
                          "or None to route untagged rows by domain inference.")
@@ -124,37 +143,77 @@ def route_batches(
         decide_tag(system, tag.strip(), rows=np.arange(len(frame)))
 
     parts: list[pd.DataFrame] = []
-    failures: list[FailedBatch] = []
+    failures: list[FailedRows] = []
     stopped: MyceliumError | None = None
+    stopped_row: int | None = None
     try:
         for start in range(0, len(frame), batch_size):
             batch = _numbers_from_text(frame.iloc[start : start + batch_size], keep=tag_column)
-            batch_name = f"{name}-rows-{start}-{start + len(batch) - 1}"
+            batch_name = f"{name}-rows-{batch.index[0]}-{batch.index[-1]}"
             try:
-                routed = route_batch(system, batch, tag, tag_column=tag_column, validate=validate, name=batch_name)
+                routed = route_batch(system, batch, tag, tag_column=tag_column, validate=validate, name=batch_name,
+                                     isolate_failures=True)
             except InputError as exc:
-                stopped = exc
+                stopped, stopped_row = exc, start
                 break
             except MyceliumError as exc:
                 failure = _keep_failed_batch(system, batch, exc, batch_name)
                 failures.append(failure)
                 parts.append(_failed_frame(batch.index, failure))
                 if fail_fast:
-                    stopped = exc
+                    stopped, stopped_row = exc, start
                     break
             else:
-                outcome = routed.to_frame(index=batch.index)
-                # A row that no domain accepts has no prediction, and its route gives the reason and the folder that keeps it.
-                unrouted = outcome["domain"].isna()
-                parts.append(outcome.assign(**{ERROR_COLUMN: outcome["route"].where(unrouted, None),
-                                               QUARANTINE_COLUMN: None}))
+                parts.append(routed.to_frame(index=batch.index).assign(
+                    **{ERROR_COLUMN: routed.error, QUARANTINE_COLUMN: routed.quarantine}))
+                batch_failures, first_error = _failed_parts(routed, batch.index)
+                failures.extend(batch_failures)
+                if fail_fast:
+                    first_error = first_error or _unrouted_error(routed, batch.index, batch_name, failures)
+                    if first_error is not None:
+                        stopped, stopped_row = first_error, start
+                        break
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
         system.controller.flush_locality()
 
     predictions = pd.concat(parts) if parts else _failed_frame(pd.RangeIndex(0), None)
-    return BatchedRoutes(predictions, failures, stopped)
+    return BatchedRoutes(predictions, failures, stopped, stopped_row)
+
+
+def _failed_parts(routed: RoutedPredictions, index: pd.Index) -> tuple[list[FailedRows], MyceliumError | None]:
+    """Return the failed domain parts of a routed batch, and the error of the first one."""
+    failures = []
+    first_error = None
+    for part in routed.parts:
+        if part.error is None:
+            continue
+        row_numbers = tuple(int(row) for row in index[part.positions])
+        failures.append(FailedRows(row_numbers, one_line(part.error), str(part.quarantine)))
+        first_error = first_error or part.error
+    return failures, first_error
+
+
+def _unrouted_error(routed: RoutedPredictions, index: pd.Index, name: str, failures: list[FailedRows]) -> RoutingError | None:
+    """Return the error that stops a fail-fast run at rows that no domain accepts, and add
+    each group of them, with its quarantine folder, to ``failures``; None when every row has a domain."""
+    groups = [part.positions for part in routed.parts if part.domain is None]
+    if not groups:
+        return None
+    unrouted = np.sort(np.concatenate(groups))
+    folders = pd.unique(routed.quarantine[unrouted])
+    for folder in folders:
+        members = unrouted[routed.quarantine[unrouted] == folder]
+        failures.append(FailedRows(tuple(int(row) for row in index[members]), str(routed.error[members[0]]),
+                                   str(folder)))
+    first = unrouted[0]
+    # The route line ends with the folder, which the caller names beside the rows it keeps.
+    reason = str(routed.route[first]).removeprefix("unrouted: ").removesuffix(f"; rows kept in {routed.quarantine[first]}")
+    return RoutingError(
+        f"{len(unrouted)} rows of batch {name!r} are accepted by no domain, first row {int(index[first])}: {reason}. "
+        "Tag them, or collect enough of them to train a new domain."
+    )
 
 
 def _numbers_from_text(batch: pd.DataFrame, *, keep: str) -> pd.DataFrame:
@@ -174,30 +233,20 @@ def _numbers_from_text(batch: pd.DataFrame, *, keep: str) -> pd.DataFrame:
     return batch.assign(**converted) if converted else batch
 
 
-def _keep_failed_batch(system: Mycelium, batch: pd.DataFrame, exc: MyceliumError, name: str) -> FailedBatch:
+def _keep_failed_batch(system: Mycelium, batch: pd.DataFrame, exc: MyceliumError, name: str) -> FailedRows:
     """Return the failure of ``batch``, quarantining the whole batch unless ``exc`` already did."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
     path = getattr(exc, "quarantine_path", None)
-    if path is None or not _holds_batch(Path(path), batch):
-        # A routing error quarantines nothing, and a validation error only the rows of one
-        # domain, or a chained domain's computed inputs in place of the request's columns.
+    if path is None or not holds_rows(Path(path), batch):
+        # A routing error, such as an unknown tag, quarantines nothing.
         path = quarantine_batch(batch, name=name, reason=str(exc), quarantine_dir=system.params.paths.quarantine)
         system.events.emit("batch_quarantined", step=system.step, domain=None, batch=name, path=path,
                            reason=lines[0])
     logger.info("Batch %r (%d rows) failed and is kept in %s: %s", name, len(batch), path, lines[0])
-    return FailedBatch(int(batch.index[0]), int(batch.index[-1]), " ".join(lines), str(path))
+    return FailedRows(tuple(int(row) for row in batch.index), " ".join(lines), str(path))
 
 
-def _holds_batch(folder: Path, batch: pd.DataFrame) -> bool:
-    """Return True when quarantine ``folder`` contains as many rows as ``batch``, with the same columns."""
-    try:
-        reason = json.loads((folder / REASON_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return reason.get("row_count") == len(batch) and reason.get("columns") == [str(c) for c in batch.columns]
-
-
-def _failed_frame(index: pd.Index, failure: FailedBatch | None) -> pd.DataFrame:
+def _failed_frame(index: pd.Index, failure: FailedRows | None) -> pd.DataFrame:
     """Return the output rows of a failed batch: no prediction, its error and quarantine folder."""
     missing = pd.array([pd.NA] * len(index), dtype="Int64")
     error = None if failure is None else failure.error

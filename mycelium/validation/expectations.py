@@ -372,6 +372,17 @@ def spec_for_rows(spec: dict[str, Any], df: pd.DataFrame) -> dict[str, Any]:
             "label_values": None}
 
 
+def spec_columns(df: pd.DataFrame, spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Return the columns of ``df`` that ``spec`` checks, and ``spec_for_rows(spec, df)``.
+
+    Other columns, such as an id or another domain's columns in a mixed file, are not the
+    domain's inputs, so they are left out. A missing input column stays missing, so
+    validation still fails on it.
+    """
+    spec = spec_for_rows(spec, df)
+    return df[[column for column in spec["columns"] if column in df.columns]], spec
+
+
 def validate_frame(df: pd.DataFrame, spec: dict[str, Any], *, name: str) -> ValidationReport:
     """Validate a batch against a spec with a Great Expectations suite.
 

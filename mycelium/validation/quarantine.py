@@ -144,6 +144,15 @@ def quarantine_batch(df: pd.DataFrame, *, name: str, reason: str, quarantine_dir
     return folder
 
 
+def holds_rows(folder: Path, df: pd.DataFrame) -> bool:
+    """Return True when quarantine ``folder`` contains as many rows as ``df``, with the same columns."""
+    try:
+        reason = json.loads((Path(folder) / REASON_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return reason.get("row_count") == len(df) and reason.get("columns") == [str(c) for c in df.columns]
+
+
 def list_quarantine(quarantine_dir: Path) -> list[dict[str, Any]]:
     """Read the ``reason.json`` of every quarantined batch, oldest first.
 

@@ -173,6 +173,25 @@ def test_validation_quarantines_bad_part(system, uci_digits, params):
     assert system.events.of_kind("batch_predicted") == []
 
 
+def test_isolated_failure_keeps_other_parts(system, mixed, params):
+    frame, tags = mixed
+    mnist_rows = np.flatnonzero([tag == "vision/digits/mnist/resampled" for tag in tags])
+    frame.loc[mnist_rows[2], "px_20"] = 99.0
+
+    routed = route_batch(system, frame, tags, name="mixed", isolate_failures=True)
+
+    failed = next(part for part in routed.parts if part.error is not None)
+    assert failed.domain == MNIST
+    assert isinstance(failed.error, DataValidationError)
+    assert failed.positions.tolist() == mnist_rows.tolist()
+    assert (routed.prediction[mnist_rows] == UNROUTED).all()
+    assert set(routed.quarantine[mnist_rows]) == {failed.quarantine}
+    assert (routed.prediction[np.setdiff1d(np.arange(ROWS), mnist_rows)] != UNROUTED).all()
+    assert list(params.paths.quarantine.iterdir()) == [Path(failed.quarantine)]
+    quarantined = pd.read_parquet(Path(failed.quarantine) / "batch.parquet")
+    pd.testing.assert_frame_equal(quarantined, frame.iloc[mnist_rows])
+
+
 def test_validation_passes_unlabelled_rows(system, uci_digits):
     frame = uci_digits.test.iloc[:10].drop(columns=["label"])
 
@@ -202,7 +221,9 @@ def test_use_counts_wait_for_flush(system, mixed):
         (lambda f: f, ["vision/digits"] * 3, InputError, "Got 3 tags for 5 rows"),
         (lambda f: f.assign(tag="vision/digits"), "vision/digits", InputError, "both as the argument"),
         (lambda f: f.assign(tag="vision/digits"), ["vision/digits"] * 5, InputError, "both as a list"),
-        (lambda f: f, [1, 2, 3, 4, 5], InputError, "Tag 1 is a int"),
+        (lambda f: f, [1, 2, 3, 4, 5], InputError, "Tag 1 is int, not text"),
+        (lambda f: f.assign(tag=[2, 1, 2, 2, 2]), None, InputError,
+         r"Tag 2 in column 'tag' \(row with index 1200\) is int, not text; .* rename it, or pass the column"),
         (lambda f: f, " ", InputError, "The tag ' ' for every row is empty"),
         (lambda f: f.drop(columns=["px_00", "px_01"]), "vision/digits", InputError,
          r"missing columns \['px_00', 'px_01'\] that domain 'vision/digits' needs"),

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mycelium.config import Paths, Params, load_params
-from mycelium.errors import DataValidationError, InputError
+from mycelium.errors import DataValidationError, InputError, RoutingError
 from mycelium.experts.fitting import chain_features, train_chained_expert
 from mycelium.routing.batch import chain_inputs, route_batch
 from mycelium.routing.chains import UpstreamInput, plan_chain
@@ -197,6 +197,21 @@ class TestChainLifecycle:
         assert [e["domain"] for e in system.events.events if e["event"] == "gate_passed"] == [DIGITS]
         assert result.stages[0]["version"] == digits.version
         assert result.accuracy > 0.8
+
+    def test_cold_upstream_counts_request_rows(self, system, digit_pairs):
+        system.freeze(DIGITS, reason="idle")
+        rows = digit_pairs.test.iloc[:BATCH_ROWS].copy()
+        rows.iloc[3, rows.columns.get_loc("b.px_05")] = 99.0
+
+        with pytest.raises(RoutingError) as info:
+            route_batch(system, rows, PAIRS, validate=False, name="bad-pairs")
+
+        message = str(info.value)
+        assert message.startswith(f"The {BATCH_ROWS} rows of batch 'bad-pairs' failed the expectations of cold "
+                                  f"domain '{DIGITS}'")
+        assert "column 'px_05'" in message
+        assert "(rows with index 3)" in message
+        assert system.controller.domain(DIGITS).state == "cold"
 
     def test_embedding_chain_trains_and_serves(self, system, digits_cnn, digit_pairs):
         name = "vision/digit-pairs-embedding"

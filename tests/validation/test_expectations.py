@@ -242,6 +242,25 @@ class TestValidateFrame:
         assert len(expectations_module._compiled) == 1
 
 
+class TestSpecColumns:
+    def test_other_columns_are_left_out(self, digits_spec, digits_batch):
+        batch = digits_batch.assign(id=np.arange(len(digits_batch)), note="desk 3")
+
+        rows, spec = expectations_module.spec_columns(batch, digits_spec)
+
+        assert list(rows.columns) == digits_spec["columns"]
+        assert spec is digits_spec
+
+    def test_unlabelled_rows_drop_label_checks(self, digits_spec, digits_batch):
+        rows, spec = expectations_module.spec_columns(digits_batch.drop(columns=["label", "px_05"]), digits_spec)
+
+        assert "label" not in rows.columns
+        assert spec["label_column"] is None
+        assert "px_05" in spec["columns"]
+        assert "px_05" not in rows.columns
+        assert not validate_frame(rows, spec, name="missing-px_05").success
+
+
 class TestGates:
     def test_require_valid_returns_good_batch(self, digits_batch, digits_spec, tmp_path):
         result = require_valid(digits_batch, digits_spec, name="ok", quarantine_dir=tmp_path)
