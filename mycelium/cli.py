@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 # Default tag column of `route`.
 TAG_COLUMN = "tag"
-# The advice that ends an unknown-tag error of the routing table, which --tag replaces with its own.
-UNTAGGED_ADVICE = "Send it untagged to route by domain inference."
 # Exit code of `route` when it wrote predictions but routed no row.
 NOTHING_ROUTED = 1
 # Exit code of `route` when it wrote predictions but some rows have none: a batch failed, or no domain accepts them.
@@ -160,6 +158,8 @@ def cmd_route(args: argparse.Namespace) -> int:
                                    on_batch=bar.update)
         except RoutingError as exc:
             # Only the check of --tag raises it, before any batch; a failed batch is reported in `routes`.
+            from mycelium.routing.resolution import UNTAGGED_ADVICE
+
             advice = str(exc).removesuffix(UNTAGGED_ADVICE).rstrip()
             raise RoutingError(f"{advice} Pass a registered tag with --tag, or omit --tag to route the rows by "
                                "domain inference.") from exc

@@ -36,6 +36,8 @@ from mycelium.routing.tags import normalize_tag
 
 # Error messages list at most this many registered tags or domains.
 PREVIEW_LIMIT = 10
+# The fix that ends the error of a tag that matches no domain; callers may replace it with their own.
+UNTAGGED_ADVICE = "Send it untagged to route by domain inference."
 # Default of a lookup that found nothing, since None is a value of RoutingTable.records_by_tag().
 _ABSENT = object()
 
@@ -249,8 +251,7 @@ def _leads_to(matches: list[TagMatch], domain: str) -> str:
 def _no_match_error(table: RoutingTable, tags: tuple[str, ...]) -> RoutingError:
     subject = f"tag {tags[0]!r} or its parents" if len(tags) == 1 else f"tags {list(tags)} or their parents"
     return RoutingError(
-        f"No domain is registered for {subject}; registered tags: {preview(table.tags)}. "
-        "Send it untagged to route by domain inference."
+        f"No domain is registered for {subject}; registered tags: {preview(table.tags)}. {UNTAGGED_ADVICE}"
     )
 
 
