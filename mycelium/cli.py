@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mycelium.errors import EmptyDataError, InputError, IntegrityError, MyceliumError, RoutingError, StorageError
+from mycelium.errors import (
+    EmptyDataError,
+    InputError,
+    IntegrityError,
+    MyceliumError,
+    PatchRejectedError,
+    RoutingError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from mycelium.routing.batched import BatchedRoutes
@@ -30,13 +38,27 @@ TAG_COLUMN = "tag"
 NOTHING_ROUTED = 1
 # Exit code of `route` when it wrote predictions but some rows have none: a batch failed, or no domain accepts them.
 ROWS_FAILED = 3
+# Exit code of `train-patch` when the patch missed patch.min_accuracy_gain and was not registered.
+PATCH_REJECTED = 4
 
 
 def _system(args: argparse.Namespace):
-    from mycelium.config import load_params
-    from mycelium.system import Mycelium
+    """Return the deployment of ``--params``; raise InputError for a folder where nothing has run.
 
-    return Mycelium(load_params(args.params))
+    Mycelium(params) creates the run folders, so a mistyped --params would otherwise leave an
+    empty deployment behind.
+    """
+    from mycelium.config import load_params
+    from mycelium.system import Mycelium, routing_directory
+
+    params = load_params(args.params)
+    if not routing_directory(params).exists():
+        raise InputError(
+            f"{routing_directory(params)} does not exist, so no domain is registered in the project of "
+            f"{args.params}. Run the pipeline there first (make repro), or pass the params.yaml of a project "
+            "that has run it: `mycelium --params FILE COMMAND`."
+        )
+    return Mycelium(params)
 
 
 def _cell(value: object, column: str = "") -> str:
@@ -93,7 +115,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not table_file.exists():
         print(f"warning: {table_file} does not exist, so no domain is registered. The project folder is the "
               f"folder of --params ({args.params.resolve().parent}); run the pipeline there first (make repro), "
-              "or pass the params.yaml of a project that has run it.", file=sys.stderr)
+              "or pass the params.yaml of a project that has run it: `mycelium --params FILE status`.",
+              file=sys.stderr)
     return 0
 
 
@@ -215,14 +238,20 @@ def _stopped_route(routes: BatchedRoutes, result: pd.DataFrame, output: Path, ro
     for failure in routes.failures:
         if failure.first_row in left and failure.quarantine_path not in str(exc):
             exc.add_note(f"Rows {_row_span(failure.row_numbers)} are kept in {failure.quarantine_path}.")
-    if first_left == 0:
+    if first_left == 0 and isinstance(exc, InputError):
+        # The file's columns or tags do not fit, as for a bad argument: nothing is written.
         return exc
     written = result.iloc[:first_left]
+    # --fail-fast writes the output even without rows, so that no file of an earlier run is left.
+    _write_output(written, output)
+    if first_left == 0:
+        exc.add_note(f"{output} was written without rows, because the run stopped in its first batch. Fix the "
+                     "rows above, then route the file again.")
+        return exc
     failed = int(written[ERROR_COLUMN].notna().sum())
     without = f", {failed} of them without a prediction (see its 'error' column)" if failed else ""
     exc.add_note(f"Rows {_row_span(rows[:first_left])} were written to {output}{without}; rows {_row_span(left)} "
-                 f"were not routed. Fix the rows above, then route rows {_row_span(left)} again.")
-    _write_output(written, output)
+                 f"were not written. Fix the rows above, then route rows {_row_span(left)} again.")
     return exc
 
 
@@ -296,7 +325,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                f"stored ones, and `mycelium remember {args.domain} --version VERSION` restores one.")
         raise IntegrityError(
             f"At table version {version}, {args.domain!r} was served from {past.model_dir} (subgraph "
-            f"v{past.version}), which no longer exists because a sweep deleted its hot copies. {fix}"
+            f"v{past.version}), which no longer exists because freezing the domain (a sweep, or `remember "
+            f"--version` on a hot domain) deleted its hot copies. {fix}"
         )
     reason = args.reason or f"rollback of {args.domain} to table version {version} from the command line"
     table = controller.restore(version, reason, domain=args.domain)
@@ -464,7 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mycelium status`) DATA has the request columns that `route` takes, e.g. a.px_00 ... b.px_63 "
                     "and label, and the upstream stages compute the domain's input columns from them. DATA must meet "
                     "the domain's data expectations; a file that fails is quarantined with every column and no "
-                    "patch is trained. The patched subgraph becomes a new version.")
+                    "patch is trained. The patched subgraph becomes a new version if its accuracy on the held-out "
+                    "part of DATA gains at least patch.min_accuracy_gain (params.yaml) over the current version; "
+                    "otherwise nothing is registered and the exit code is "
+                    f"{PATCH_REJECTED}. The gain is measured against DATA's own labels, so consistently wrong labels "
+                    "pass the gate.")
     train_patch.add_argument("domain", help="domain name, e.g. vision/digits")
     train_patch.add_argument("data", type=Path, help="labelled rows, .csv or .parquet")
     train_patch.set_defaults(handler=cmd_train_patch)
@@ -633,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):
             print(note, file=sys.stderr)
-        return 2
+        return PATCH_REJECTED if isinstance(exc, PatchRejectedError) else 2
 
 
 if __name__ == "__main__":

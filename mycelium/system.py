@@ -187,6 +187,15 @@ class Mycelium:
                          holdout_accuracy=subgraph.info.get("holdout_accuracy"))
         return record
 
+    def _unused_version(self, domain: str, record: DomainRecord) -> int:
+        """Return the next subgraph version of ``domain`` that no record in its history has used.
+
+        After a rollback the record's version is lower than versions already used, and reusing
+        one would give two different models one number (and one hot copy folder).
+        """
+        used = [c["current"]["version"] for c in self.controller.history(domain) if c.get("current")]
+        return max([record.version, *used]) + 1
+
     def _save_hot_copy(self, subgraph: Subgraph, *, version: int) -> str:
         folder = self._folder("models", subgraph.domain) / f"v{version:04d}"
         save_subgraph(subgraph, folder)
@@ -515,13 +524,13 @@ class Mycelium:
                                 min_tail_samples=self.params.ood.min_tail_samples,
                                       seed=self.params.seed + self.step)
         record = self.controller.domain(domain)
-        if report.accuracy_after - report.accuracy_before < self.params.patch.min_accuracy_gain:
+        # The accuracies are float32 means, so a gain equal to the setting can come out 1e-8 short.
+        if report.accuracy_after - report.accuracy_before < self.params.patch.min_accuracy_gain - 1e-6:
             raise self._reject_patch(report, record, data, None if collected else name)
-        # After a rollback the record's version is lower than versions already used; never reuse one.
-        used = [c["current"]["version"] for c in self.controller.history(domain) if c.get("current")]
-        version = max([record.version, *used]) + 1
+        version = self._unused_version(domain, record)
         model_dir = self._save_hot_copy(patched, version=version)
-        self.controller.update(domain, reason=f"patch {patched.depth} trained on {len(data)} drifted rows",
+        source = "drifted rows" if collected else f"rows of {name}"
+        self.controller.update(domain, reason=f"patch {patched.depth} trained on {len(data)} {source}",
                                version=version, model_dir=model_dir, n_params=patched.n_parameters(),
                                fp32_bytes=patched.fp32_bytes(),
                                patches=[*record.patches, f"patch-{patched.depth}"])
@@ -1123,7 +1132,7 @@ class Mycelium:
         """Make the subgraph that passed the gate the domain's hot, served version."""
         subgraph = result.subgraph
         changed = result.finetuned or result.bundle_version != record.cold_version
-        version = record.version + (1 if changed else 0)
+        version = self._unused_version(domain, record) if changed else record.version
         model_dir = self._save_hot_copy(subgraph, version=version)
         tuned = "fine-tuned, " if result.finetuned else ""
         self.controller.set_state(

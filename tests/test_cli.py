@@ -394,7 +394,7 @@ class TestRoute:
         assert code == 2
         assert lines[0].startswith(f"error: Batch '{COPY_DOMAIN}:batch-rows-10-19' (5 rows) failed")
         assert "(rows with index 17)" in err
-        assert lines[-1].endswith("rows 10 to 29 were not routed. Fix the rows above, then route rows 10 to 29 again.")
+        assert lines[-1].endswith("rows 10 to 29 were not written. Fix the rows above, then route rows 10 to 29 again.")
         assert result["row"].tolist() == list(range(10))
         assert result["prediction"].notna().all()
         assert len(list(system_of(two_domain_project).params.paths.quarantine.iterdir())) == 1
@@ -501,7 +501,7 @@ class TestRoute:
         code, _, err = run(project, capsys, "route", str(folder / "batch.parquet"), "--tag", DOMAIN, "-o",
                            str(project / "again.csv"), "--batch-size", "4", "--fail-fast", "--no-progress")
         assert code == 2
-        assert err.strip().splitlines()[-1].endswith("rows 24 to 29 were not routed. Fix the rows above, then route "
+        assert err.strip().splitlines()[-1].endswith("rows 24 to 29 were not written. Fix the rows above, then route "
                                                      "rows 24 to 29 again.")
         assert pd.read_csv(project / "again.csv")["row"].tolist() == [20, 21, 22, 23]
 
@@ -519,21 +519,26 @@ class TestRoute:
         assert result["row"].tolist() == list(range(20))
         assert result["prediction"].notna().all()
         lines = err.strip().splitlines()
-        assert lines[-2].startswith("The whole batch (10 rows) was quarantined in ")
+        assert lines[-2].startswith("All 10 rows of 'vision/digits:batch-rows-20-29' were quarantined in ")
         assert lines[-1].startswith("Rows 0 to 19 were written to ")
-        assert lines[-1].endswith("rows 20 to 39 were not routed. Fix the rows above, then route rows 20 to 39 again.")
+        assert lines[-1].endswith("rows 20 to 39 were not written. Fix the rows above, then route rows 20 to 39 again.")
 
-    def test_fail_fast_on_first_batch_writes_nothing(self, project, capsys, uci_digits):
+    def test_fail_fast_on_first_batch_leaves_no_earlier_output(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].copy()
+        rows.to_csv(project / "batch.csv", index=False)
+        assert run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--no-progress")[0] == 0
         rows.loc[rows.index[5], "px_20"] = 99.0
         rows.to_csv(project / "batch.csv", index=False)
 
-        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", "vision/digits",
+        code, _, err = run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN,
                            "--fail-fast", "--no-progress")
 
+        lines = err.strip().splitlines()
         assert code == 2
-        assert err.strip().splitlines()[-1].startswith("The whole batch (10 rows) was quarantined in ")
-        assert not (project / "batch.predictions.csv").exists()
+        assert lines[-2].startswith("All 10 rows of 'vision/digits:batch-rows-0-9' were quarantined in ")
+        assert lines[-1].endswith("batch.predictions.csv was written without rows, because the run stopped in its "
+                                  "first batch. Fix the rows above, then route the file again.")
+        assert len(pd.read_csv(project / "batch.predictions.csv")) == 0
 
     def test_fail_fast_names_kept_rows(self, project, capsys, uci_digits):
         uci_digits.test.iloc[:10].assign(tag="audio/speech").to_csv(project / "batch.csv", index=False)
@@ -661,6 +666,18 @@ class TestPatchAndRollback:
         assert [path.name for path in elsewhere.iterdir()] == ["params.yaml"]
         assert run(project, capsys, "status")[2] == ""
 
+    @pytest.mark.parametrize("command", [["history", DOMAIN], ["sweep"], ["remember", DOMAIN]])
+    def test_commands_without_table_change_nothing(self, project, capsys, command):
+        elsewhere = project / "elsewhere"
+        elsewhere.mkdir()
+        shutil.copy(project / "params.yaml", elsewhere / "params.yaml")
+
+        code, _, err = run(elsewhere, capsys, *command)
+
+        assert_one_line_error(code, err, r"routing does not exist, so no domain is registered .* "
+                                         r"`mycelium --params FILE COMMAND`")
+        assert [path.name for path in elsewhere.iterdir()] == ["params.yaml"]
+
     @pytest.mark.parametrize(
         ("args", "pattern"),
         [
@@ -757,9 +774,11 @@ class TestPatchAndRollback:
         code, out, err = run(project, capsys, "train-patch", DOMAIN, str(project / "mnist.csv"))
 
         assert out == ""
-        assert_one_line_error(code, err, r"Patch 1 for 'vision/digits' changed held-out accuracy by [+-]\d\.\d{3} "
-                                         r"\(\d\.\d{3} -> \d\.\d{3} on \d+ of the 400 rows of mnist\.csv\), "
-                                         r"below patch\.min_accuracy_gain=1, so it was not registered")
+        assert code == 4
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(r"^error: Patch 1 for 'vision/digits' changed held-out accuracy by [+-]\d\.\d{3} "
+                         r"\(\d\.\d{3} -> \d\.\d{3} on \d+ of the 400 rows of mnist\.csv\), "
+                         r"below patch\.min_accuracy_gain=1, so it was not registered", err)
         assert system_of(project).controller.domain(DOMAIN).version == 1
 
 
@@ -848,7 +867,7 @@ class TestChainedDomain:
         assert lines[0].startswith("error: ")
         assert "missing request columns ['a.px_00'" in lines[0]
         assert lines[1].startswith("Rows 0 to 19 were written to ")
-        assert ", 10 of them without a prediction (see its 'error' column); rows 20 to 29 were not routed." in lines[1]
+        assert ", 10 of them without a prediction (see its 'error' column); rows 20 to 29 were not written." in lines[1]
         assert result["row"].tolist() == list(range(20))
         assert result["prediction"].isna().tolist() == [False] * 10 + [True] * 10
         assert "tagged 'audio/speech'" in result["error"][10]

@@ -223,6 +223,25 @@ def test_rejected_automatic_patch_keeps_its_rows(params, clock, digits_cnn, uci_
     assert system.controller.reload().domains[DOMAIN].version == 1
 
 
+def test_restore_after_rollback_takes_an_unused_version(system, mnist_digits):
+    system.freeze(DOMAIN, reason="first bundle")
+    first_cold = system.controller.table.version
+    system.remember(DOMAIN)
+    system.train_patch(DOMAIN, data=mnist_digits.train.iloc[:400], name="scans.parquet")
+    system.freeze(DOMAIN, reason="second bundle")
+    patched_bundle = system.controller.domain(DOMAIN).cold_version
+    # Back to the record that points at the first bundle, whose subgraph version is 1.
+    system.controller.restore(first_cold, "roll back to the first bundle", domain=DOMAIN)
+    used = [change["current"]["version"] for change in system.controller.history(DOMAIN) if change.get("current")]
+
+    system.remember(DOMAIN, version=patched_bundle)
+
+    record = system.controller.domain(DOMAIN)
+    assert record.version == max(used) + 1 == 3
+    assert record.model_dir.endswith("v0003")
+    assert load_subgraph(system.root / record.model_dir).depth == 1
+
+
 def test_untagged_nan_batch_is_quarantined(system, uci_digits):
     batch = uci_digits.test.iloc[:BATCH_ROWS].astype({"px_09": object})
     batch.iloc[3, batch.columns.get_loc("px_05")] = math.nan

@@ -648,7 +648,7 @@ def _reject(
 ) -> DataValidationError:
     path = quarantine_batch(df, name=name, reason=report.message(), quarantine_dir=quarantine_dir)
     return DataValidationError(
-        f"{report.message()}\nThe whole batch ({len(df)} rows) was quarantined in {path}.",
+        f"{report.message()}\nAll {len(df)} rows of {name!r} were quarantined in {path}.",
         quarantine_path=str(path),
     )
 
