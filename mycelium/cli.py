@@ -317,6 +317,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     controller = system.controller
     version = _table_version(controller.table.version, args.to)
     past = controller.table_at(version).domains.get(args.domain)
+    if past is not None and past.state in ("training", "remembering"):
+        # No process would finish that step, so the domain would stay unservable.
+        raise InputError(
+            f"At table version {version}, {args.domain!r} was {past.state}, a state that a running process "
+            f"leaves again. Roll back to a version where it was hot or cold; `mycelium history {args.domain}` "
+            "lists them."
+        )
     if past is not None and past.state == "hot" and past.model_dir and not (system.root / past.model_dir).exists():
         bundle = _bundle_of(controller.history(args.domain), past.version)
         fix = (f"Bundle {bundle} holds that subgraph version: restore it with `mycelium remember {args.domain} "

@@ -407,7 +407,8 @@ def load_params(path: Path | str = "params.yaml", *, root: Path | str | None = N
     """Read params.yaml and validate it; paths become absolute under ``root`` (default: its folder)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Settings file {str(path)!r} not found; run from the project folder or pass its path.")
+        raise ConfigError(f"Settings file {str(path)!r} not found; run from the project folder or pass its path "
+                          "(on the command line: `mycelium --params FILE COMMAND`).")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} is not a YAML mapping of settings; pass the project's params.yaml.")

@@ -706,6 +706,20 @@ class TestPatchAndRollback:
                                          r"longer exists.*No bundle holds that subgraph version")
         assert system_of(project).controller.domain(DOMAIN).version == 2
 
+    def test_rollback_to_remembering_state_is_refused(self, project, capsys):
+        system = system_of(project)
+        system.freeze(DOMAIN, reason="sweep in a test")
+        system.remember(DOMAIN)
+        remembering_at = next(change["version"] for change in system.controller.history(DOMAIN)
+                              if change["current"]["state"] == "remembering")
+
+        code, _, err = run(project, capsys, "rollback", DOMAIN, "--to", str(remembering_at))
+
+        assert_one_line_error(code, err, rf"At table version {remembering_at}, 'vision/digits' was remembering, a "
+                                         r"state that a running process leaves again\. Roll back to a version where "
+                                         r"it was hot or cold")
+        assert system_of(project).controller.domain(DOMAIN).state == "hot"
+
     def test_rollback_after_sweep_names_the_bundle(self, project, capsys, mnist_digits):
         self.train_patch(project, capsys, mnist_digits)
         system = system_of(project)
