@@ -554,13 +554,7 @@ class Mycelium:
         domain = report.domain
         data_path = name
         if name is None:
-            folder = self._folder("drift_rows", domain)
-            folder.mkdir(parents=True, exist_ok=True)
-            data_path = str(folder / f"rejected-step-{self.step:05d}.parquet")
-            data.to_parquet(data_path, index=False)
-            self._drift_rows.pop(domain, None)
-            self._performance.pop(domain, None)
-            self._monitors.pop(domain, None)
+            data_path = str(self._set_aside_drift_rows(domain, data, f"rejected-step-{self.step:05d}.parquet"))
         self.events.emit("patch_rejected", step=self.step, version=record.version, data_path=data_path,
                          min_accuracy_gain=self.params.patch.min_accuracy_gain, **asdict(report))
         return PatchRejectedError(
@@ -658,19 +652,27 @@ class Mycelium:
     # With defer_actions, ingestion saves the rows an action needs and emits an event with
     # their path. Another process then runs the action through the methods below.
 
+    def _set_aside_drift_rows(self, domain: str, rows: pd.DataFrame, file_name: str) -> Path:
+        """Save ``rows`` as ``drift_rows/<domain>/<file_name>`` and restart the domain's drift
+        monitors, so that the next patch needs another ``drift.persistence`` drifting windows."""
+        folder = self._folder("drift_rows", domain)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / file_name
+        rows.to_parquet(path, index=False)
+        self._drift_rows.pop(domain, None)
+        self._performance.pop(domain, None)
+        self._monitors.pop(domain, None)
+        return path
+
     def _request_patch(self, domain: str) -> Path:
         """Save the rows collected since drift began and emit ``drift_detected`` with their path.
 
         The domain's drift monitors start afresh, so the next request needs another
         ``drift.persistence`` drifting windows.
         """
-        rows = pd.concat(self._drift_rows.pop(domain), ignore_index=True)
-        folder = self._folder("drift_rows", domain)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step-{self.step:05d}.parquet"
-        rows.to_parquet(path, index=False)
-        performance = self._performance.pop(domain, None)
-        self._monitors.pop(domain, None)
+        rows = pd.concat(self._drift_rows[domain], ignore_index=True)
+        performance = self._performance.get(domain)
+        path = self._set_aside_drift_rows(domain, rows, f"step-{self.step:05d}.parquet")
         window = self._last_window.get(domain)
         scores = {
             "score": window.to_dict()["score"] if window is not None else None,

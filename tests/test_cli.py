@@ -523,7 +523,7 @@ class TestRoute:
         assert lines[-1].startswith("Rows 0 to 19 were written to ")
         assert lines[-1].endswith("rows 20 to 39 were not written. Fix the rows above, then route rows 20 to 39 again.")
 
-    def test_fail_fast_on_first_batch_leaves_no_earlier_output(self, project, capsys, uci_digits):
+    def test_fail_fast_first_batch_replaces_output(self, project, capsys, uci_digits):
         rows = uci_digits.test.iloc[:10].copy()
         rows.to_csv(project / "batch.csv", index=False)
         assert run(project, capsys, "route", str(project / "batch.csv"), "--tag", DOMAIN, "--no-progress")[0] == 0

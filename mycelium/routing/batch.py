@@ -458,7 +458,7 @@ def _preview(columns: Sequence[str], limit: int = 5) -> str:
 
 def unused_columns_clause(rows: pd.DataFrame, inputs: Sequence[str], tag_column: str | None = None) -> str:
     """Return a clause naming the filled columns of ``rows`` that are not ``inputs``, the label or
-    the tags, such as input columns under another name; empty when there are none.
+    the tags, such as input columns under another name. It is empty when there are none.
 
     An error on missing input columns appends it, so that renamed columns are named too.
     Columns without a value in these rows are left out, because in a mixed file they are

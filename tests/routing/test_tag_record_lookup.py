@@ -118,7 +118,7 @@ def test_deleted_domain_no_longer_matches_its_tags():
     assert decide_route(table, ["b", "a"]).domain == "a"
 
 
-def test_loaded_table_parses_each_record_once_across_its_tags(tmp_path: Path):
+def test_loaded_record_parsed_once(tmp_path: Path):
     writer = MetaController(tmp_path / "routing")
     writer.register(DomainRecord("a", ["a", "shared"]), reason="register a")
     table = MetaController(tmp_path / "routing").table

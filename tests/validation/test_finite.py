@@ -1,4 +1,4 @@
-"""non_finite_columns on small frames with known answers."""
+"""non_finite_columns on small frames with known results."""
 
 import numpy as np
 import pandas as pd
